@@ -1,0 +1,1 @@
+"""Road networks: OpenDRIVE conversion, procedural maps, and the `LaneGraph` arrays."""

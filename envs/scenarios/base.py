@@ -1,0 +1,170 @@
+"""Scenario mechanism: a registry of scenario types instantiated from a route's `<scenario>` elements.
+
+A scenario is anchored on the ego's route: its trigger point (CARLA coordinates in the route file)
+is projected onto the dense route, and it fires when the ego's route progress reaches that point.
+Scenarios act through the backend (SUMO vehicles they insert and command) and through scripted agents
+they move themselves (pedestrians crossing: SUMO's pedestrians keep to sidewalks and crossings).
+They report scenario-specific criteria (scenario timeout, yield to emergency vehicle) to the
+infraction tracker.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from envs.scene import Agents, Route, Scene
+
+
+class ScenarioError(ValueError):
+    """A scenario element that cannot be instantiated (unknown parameter, bad value, no place on route)."""
+
+
+@dataclass
+class ScenarioContext:
+    """What a scenario may touch: the backend, the map, the route, the tracker and a seeded RNG."""
+
+    backend: object  # envs.sumo_backend.SumoBackend (or another backend with the same helpers)
+    lanes: object  # envs.maps.network.LaneGraph
+    route: Route
+    route_id: str
+    rng: np.random.Generator
+    report: object  # callable(type: str, message: str, scene: Scene) adding a scenario infraction
+
+
+@dataclass
+class ScenarioStatus:
+    name: str
+    type: str
+    implemented: bool
+    triggered: bool = False
+    trigger_tick: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "type": self.type, "implemented": self.implemented,
+                "triggered": self.triggered, "trigger_tick": self.trigger_tick, "notes": self.notes}
+
+
+class Scenario:
+    """Base class. Subclasses set `type_name`, `defaults` (every accepted parameter) and override hooks."""
+
+    type_name: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, str]] = {}
+    # Parameters Bench2Drive files carry that this implementation accepts but does not use.
+    ignored: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, spec: object, ctx: ScenarioContext):
+        self.spec = spec
+        self.ctx = ctx
+        self.name: str = getattr(spec, "name", "") or self.type_name
+        self.params = self._read_params(getattr(spec, "params", {}) or {})
+        self.trigger_index, self.trigger_s = self._project_trigger(spec)
+        self.status = ScenarioStatus(self.name, self.type_name, implemented=True)
+
+    # ---------------------------------------------------------------------------------- hooks
+    def setup(self) -> None:
+        """Called once after the backend started (insert parked cars, etc.)."""
+
+    def on_trigger(self, scene: Scene) -> None:
+        """Called once when the ego reaches the trigger point."""
+
+    def tick(self, scene: Scene) -> None:
+        """Called every tick (before and after the trigger)."""
+
+    def scripted_agents(self) -> Agents:
+        """Agents this scenario moves itself (not in the backend's traffic)."""
+        return Agents()
+
+    # -------------------------------------------------------------------------------- helpers
+    def update(self, scene: Scene) -> None:
+        if not self.status.triggered and self.ego_s(scene) >= self.trigger_s:
+            self.status.triggered = True
+            self.status.trigger_tick = scene.tick
+            self.on_trigger(scene)
+        self.tick(scene)
+
+    def ego_s(self, scene: Scene) -> float:
+        return float(self.ctx.route.cum_length[scene.route_index])
+
+    def param(self, key: str) -> str:
+        return self.params[key]
+
+    def float_param(self, key: str) -> float:
+        try:
+            return float(self.params[key])
+        except ValueError:
+            raise ScenarioError(
+                f"route {self.ctx.route_id}: scenario {self.name} ({self.type_name}) parameter {key!r} "
+                f"must be a number, got {self.params[key]!r}"
+            ) from None
+
+    def route_point(self, s: float) -> tuple[int, np.ndarray, float]:
+        """Dense-route index, position and yaw at route distance s (clamped to the route)."""
+        route = self.ctx.route
+        idx = int(np.clip(np.searchsorted(route.cum_length, s), 0, len(route.points) - 1))
+        return idx, route.points[idx], float(route.yaw[idx])
+
+    def _read_params(self, raw: dict) -> dict[str, str]:
+        params = dict(self.defaults)
+        for key, attrs in raw.items():
+            if key in self.ignored:
+                continue
+            if key not in self.defaults:
+                known = ", ".join(sorted(self.defaults)) or "none"
+                raise ScenarioError(
+                    f"route {self.ctx.route_id}: scenario {getattr(self.spec, 'name', '?')} "
+                    f"({self.type_name}) has unknown parameter {key!r}; known parameters: {known}"
+                )
+            params[key] = attrs.get("value", "") if isinstance(attrs, dict) else str(attrs)
+        return params
+
+    def _project_trigger(self, spec: object) -> tuple[int, float]:
+        route = self.ctx.route
+        tp = getattr(spec, "trigger_point", None)
+        if tp is None:
+            return 0, 0.0
+        xy = self.ctx.lanes.carla_to_world(np.array([tp[0], tp[1]], dtype=np.float64))
+        d = np.hypot(route.points[:, 0] - xy[0], route.points[:, 1] - xy[1])
+        idx = int(np.argmin(d))
+        if d[idx] > 30.0:
+            raise ScenarioError(
+                f"route {self.ctx.route_id}: trigger point of scenario {getattr(spec, 'name', '?')} "
+                f"(CARLA x={tp[0]:.1f}, y={tp[1]:.1f}) lies {d[idx]:.0f} m from the route"
+            )
+        return idx, float(route.cum_length[idx])
+
+
+class UnimplementedScenario(Scenario):
+    """Placeholder for a Bench2Drive type without an implementation: the route runs without it."""
+
+    def __init__(self, spec: object, ctx: ScenarioContext):
+        self.spec = spec
+        self.ctx = ctx
+        self.name = getattr(spec, "name", "")
+        self.type_name = getattr(spec, "type", "?")
+        self.params = {}
+        self.trigger_index, self.trigger_s = 0, math.inf
+        self.status = ScenarioStatus(self.name, self.type_name, implemented=False,
+                                     notes=["scenario type not implemented; route ran without it"])
+
+
+SCENARIOS: dict[str, type[Scenario]] = {}
+
+
+def register_scenario(cls: type[Scenario]) -> type[Scenario]:
+    SCENARIOS[cls.type_name] = cls
+    return cls
+
+
+def build_scenarios(specs: list, ctx: ScenarioContext) -> list[Scenario]:
+    import envs.scenarios.library  # noqa: F401  (registers the implemented types)
+
+    out: list[Scenario] = []
+    for spec in specs:
+        cls = SCENARIOS.get(getattr(spec, "type", ""))
+        out.append(cls(spec, ctx) if cls else UnimplementedScenario(spec, ctx))
+    return out

@@ -1,0 +1,430 @@
+"""SUMO backend through libsumo: background traffic, pedestrians, traffic lights, and the ego's footprint.
+
+The ego's motion is the project's own (`envs.dynamics`); every tick the backend places the ego into
+SUMO with `moveToXY` so that SUMO's drivers react to it. Agents near the ego are read through one
+context subscription per tick (no per-vehicle calls), which keeps the per-tick overhead small.
+
+libsumo runs one simulation per process: a second `SumoBackend.start` in the same process takes
+the simulation over and the first backend raises `SimulatorError` if it is used again. Ray actors
+give each worker its own process, hence its own SUMO.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from envs.maps.network import LaneGraph
+from envs.scene import AgentKind, Agents, EgoState, Route, StopSigns, TrafficLights, sumo_angle_from_yaw
+
+EGO_ID = "ego"
+_STATE_CHAR = {"r": 0, "R": 0, "y": 1, "Y": 1, "u": 1, "g": 2, "G": 2, "s": 2, "o": 3, "O": 3}
+_PERSON_HALF = 0.3
+
+
+class SimulatorError(RuntimeError):
+    """SUMO is missing, died, or was taken over; reset the environment to start a fresh simulation."""
+
+
+def _libsumo():
+    try:
+        import libsumo
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        raise SimulatorError(
+            "libsumo is not installed: `pip install eclipse-sumo libsumo` (see README set-up)"
+        ) from exc
+    return libsumo
+
+
+def _constants():
+    import traci.constants as tc
+
+    return tc
+
+
+@dataclass
+class TrafficConfig:
+    vehicles: int = 40  # background vehicles kept alive near the ego route
+    pedestrians: int = 10  # background pedestrians on sidewalks near the ego route
+    spawn_radius: float = 250.0  # traffic is spawned on lanes within this distance of the route
+    despawn_radius: float = 350.0  # and removed (then respawned) beyond this distance of the ego
+    scene_radius: float = 90.0  # agents within this distance of the ego enter the Scene
+    respawn_every: int = 20  # ticks between traffic top-ups
+
+
+_ACTIVE: list[SumoBackend | None] = [None]
+
+
+class SumoBackend:
+    def __init__(self, lanes: LaneGraph, traffic: TrafficConfig | None = None, step_length: float = 0.05):
+        self.lanes = lanes
+        self.traffic = traffic or TrafficConfig()
+        self.step_length = step_length
+        self.ls = _libsumo()
+        self.tc = _constants()
+        self._running = False
+        self._rng = np.random.default_rng(0)
+        self.kind_override: dict[str, int] = {}  # SUMO ids driven by scenarios with a Scene kind
+        self.color_override: dict[str, tuple[int, int, int]] = {}
+        self._edge_lanes = self._drivable_edges()
+        self._walk_edges = sorted({lanes.edge_of_lane[i] for i in np.flatnonzero(lanes.is_sidewalk)})
+        self._tls_ids = sorted(set(lanes.tl_ids))
+        self._tl_col = {t: k for k, t in enumerate(self._tls_ids)}
+        self._tl_rows = np.array([self._tl_col[t] for t in lanes.tl_ids], np.int64)
+        self.stop_signs = self._static_stop_signs()
+        self._tl_static = self._static_light_geometry()
+        self._spawn_edges: list[str] = []
+        self._spawn_walk: list[str] = []
+        self._counter = 0
+        self.tick = 0
+
+    # ------------------------------------------------------------------------------- lifecycle
+    def start(self, seed: int, route: Route, ego: EgoState) -> None:
+        """(Re)start SUMO for a new episode: network, seed, ego footprint, initial traffic."""
+        self.close()
+        if _ACTIVE[0] is not None and _ACTIVE[0] is not self:
+            _ACTIVE[0]._running = False
+        args = [
+            "sumo", "-n", self.lanes.net_path,
+            "--step-length", str(self.step_length),
+            "--seed", str(int(seed) % (2**31)),
+            "--no-step-log", "true", "--no-warnings", "true",
+            "--collision.action", "none",  # collisions are the project's own judgement
+            "--time-to-teleport", "-1",
+            "--ignore-route-errors", "true",
+            "--default.speeddev", "0.1",
+            "--pedestrian.model", "nonInteracting",
+            "--error-log", os.devnull,
+        ]
+        try:
+            if self.ls.isLibsumo():
+                try:
+                    self.ls.close()
+                except Exception:
+                    pass
+            self.ls.start(args)
+        except Exception as exc:
+            raise SimulatorError(f"SUMO failed to start on {self.lanes.net_path}: {exc}") from exc
+        _ACTIVE[0] = self
+        self._running = True
+        self._rng = np.random.default_rng(seed)
+        self.kind_override.clear()
+        self.color_override.clear()
+        self._counter = 0
+        self.tick = 0
+        self._select_spawn_area(route)
+        self._add_ego(route, ego)
+        self._fill_traffic(initial=True)
+        self._subscribe()
+
+    def close(self) -> None:
+        if self._running and _ACTIVE[0] is self:
+            try:
+                self.ls.close()
+            except Exception:
+                pass
+            _ACTIVE[0] = None
+        self._running = False
+
+    @property
+    def running(self) -> bool:
+        return self._running and _ACTIVE[0] is self
+
+    def _check(self) -> None:
+        if not self.running:
+            raise SimulatorError(
+                "the SUMO simulation is not running (it died, was closed, or another environment in this "
+                "process took libsumo over: libsumo runs one simulation per process); call reset()"
+            )
+
+    # ---------------------------------------------------------------------------------- ticking
+    def step(self, ego: EgoState) -> None:
+        """Place the ego at its new pose and advance SUMO by one tick."""
+        self._check()
+        ls = self.ls
+        try:
+            fx = ego.x + ego.half_length * math.cos(ego.yaw)  # SUMO positions are the front bumper
+            fy = ego.y + ego.half_length * math.sin(ego.yaw)
+            try:
+                ls.vehicle.moveToXY(EGO_ID, "", -1, fx, fy, sumo_angle_from_yaw(ego.yaw), keepRoute=1)
+            except ls.TraCIException:
+                ls.vehicle.moveToXY(EGO_ID, "", -1, fx, fy, sumo_angle_from_yaw(ego.yaw), keepRoute=2)
+            ls.vehicle.setSpeed(EGO_ID, max(ego.speed, 0.0))
+            ls.simulationStep()
+            self.tick += 1
+            if self.tick % self.traffic.respawn_every == 0:
+                self._maintain_traffic(ego)
+        except SimulatorError:
+            raise
+        except Exception as exc:
+            self._running = False
+            raise SimulatorError(f"SUMO failed at tick {self.tick}: {exc}") from exc
+
+    # ---------------------------------------------------------------------------------- reading
+    def read_agents(self) -> Agents:
+        """Vehicles and pedestrians within `scene_radius` of the ego (from the context subscriptions)."""
+        self._check()
+        tc = self.tc
+        ls = self.ls
+        # libsumo returns both context subscriptions of the ego merged: tell them apart by their variables.
+        merged = dict(ls.vehicle.getContextSubscriptionResults(EGO_ID) or {})
+        merged.update(ls.person.getContextSubscriptionResults(EGO_ID) or {})
+        veh = {k: v for k, v in merged.items() if tc.VAR_LENGTH in v and k != EGO_ID}
+        per = {k: v for k, v in merged.items() if tc.VAR_LENGTH not in v}
+        ids = list(veh)
+        n_v, n_p = len(ids), len(per)
+        n = n_v + n_p
+        box = np.zeros((n, 5))
+        vel = np.zeros((n, 2))
+        speed = np.zeros(n)
+        accel = np.zeros(n)
+        height = np.zeros(n)
+        kind = np.zeros(n, np.int8)
+        color = np.zeros((n, 3), np.uint8)
+        for k, vid in enumerate(ids):
+            d = veh[vid]
+            fx, fy = d[tc.VAR_POSITION]
+            yaw = math.radians(90.0 - d[tc.VAR_ANGLE])
+            c, s = math.cos(yaw), math.sin(yaw)
+            hl = 0.5 * d[tc.VAR_LENGTH]
+            box[k] = (fx - hl * c, fy - hl * s, math.atan2(s, c), hl, 0.5 * d[tc.VAR_WIDTH])
+            v = d[tc.VAR_SPEED]
+            speed[k] = v
+            vel[k] = (v * c, v * s)
+            accel[k] = d[tc.VAR_ACCELERATION]
+            height[k] = d[tc.VAR_HEIGHT]
+            vclass = d[tc.VAR_VEHICLECLASS]
+            kd = AgentKind.BICYCLE if vclass == "bicycle" else (
+                AgentKind.EMERGENCY if vclass == "emergency" else AgentKind.VEHICLE)
+            kind[k] = self.kind_override.get(vid, kd)
+            if vid in self.color_override:
+                color[k] = self.color_override[vid]
+        pids = list(per)
+        for k, pid in enumerate(pids, start=n_v):
+            d = per[pid]
+            x, y = d[tc.VAR_POSITION]
+            yaw = math.radians(90.0 - d[tc.VAR_ANGLE])
+            v = d[tc.VAR_SPEED]
+            box[k] = (x, y, yaw, _PERSON_HALF, _PERSON_HALF)
+            vel[k] = (v * math.cos(yaw), v * math.sin(yaw))
+            speed[k] = v
+            height[k] = 1.8
+            kind[k] = AgentKind.PEDESTRIAN
+        return Agents(ids=ids + pids, kind=kind, box=box, height=height, velocity=vel, speed=speed,
+                      accel=accel, color=color)
+
+    def read_lights(self) -> TrafficLights:
+        self._check()
+        if not self._tls_ids:
+            return TrafficLights()
+        res = self.ls.trafficlight.getAllSubscriptionResults()
+        var = self.tc.TL_RED_YELLOW_GREEN_STATE
+        state = np.empty(len(self.lanes.tl_ids), np.int8)
+        for row, (tls, link) in enumerate(zip(self.lanes.tl_ids, self.lanes.tl_link_index, strict=True)):
+            s = res.get(tls, {}).get(var, "")
+            state[row] = _STATE_CHAR.get(s[link], 3) if link < len(s) else 3
+        pos, stop_line = self._tl_static
+        return TrafficLights(tls_id=list(self.lanes.tl_ids), state=state, position=pos, stop_line=stop_line,
+                             from_lane=self.lanes.tl_from_lane, via_lane=self.lanes.tl_via_lane)
+
+    # ----------------------------------------------------------------------- scenario helpers
+    def add_vehicle(self, vid: str, edges: list[str], lane: int, pos: float, speed: float,
+                    vclass: str = "passenger", kind: int | None = None,
+                    color: tuple[int, int, int] | None = None) -> None:
+        """Insert a vehicle for a scenario at `pos` metres on lane `lane` of the first edge."""
+        self._check()
+        ls = self.ls
+        rid = f"route_{vid}"
+        ls.route.add(rid, edges)
+        vtype = "DEFAULT_VEHTYPE"
+        if vclass != "passenger":
+            vtype = f"type_{vclass}"
+            if vtype not in ls.vehicletype.getIDList():
+                ls.vehicletype.copy("DEFAULT_VEHTYPE", vtype)
+                ls.vehicletype.setVehicleClass(vtype, vclass)
+                if vclass == "emergency":
+                    ls.vehicletype.setParameter(vtype, "has.bluelight.device", "true")
+        ls.vehicle.add(vid, rid, typeID=vtype, departLane=str(lane), departPos=str(max(pos, 0.0)),
+                       departSpeed=str(max(speed, 0.0)))
+        if kind is not None:
+            self.kind_override[vid] = kind
+        if color is not None:
+            self.color_override[vid] = color
+            ls.vehicle.setColor(vid, (*color, 255))
+
+    def park_vehicle(self, vid: str, lane_id: str, pos: float) -> None:
+        """A stopped vehicle occupying the lane (SUMO traffic treats it as an obstacle)."""
+        self._check()
+        edge = self.lanes.edge_of_lane[self.lanes.lane(lane_id)]
+        lane_index = int(self.lanes.lane_index[self.lanes.lane(lane_id)])
+        self.add_vehicle(vid, [edge], lane_index, pos, 0.0, kind=AgentKind.STATIC)
+        self.ls.vehicle.setSpeedMode(vid, 0)
+        self.ls.vehicle.setLaneChangeMode(vid, 0)
+        self.ls.vehicle.setSpeed(vid, 0.0)
+
+    def vehicle_ids(self) -> tuple[str, ...]:
+        self._check()
+        return self.ls.vehicle.getIDList()
+
+    # -------------------------------------------------------------------------------- internals
+    def _drivable_edges(self) -> list[str]:
+        lanes = self.lanes
+        edges = {lanes.edge_of_lane[i] for i in np.flatnonzero(lanes.drivable & ~lanes.is_internal)}
+        return sorted(edges)
+
+    def _edge_midpoint(self, edge: str) -> np.ndarray:
+        lanes = self.lanes
+        for i, e in enumerate(lanes.edge_of_lane):
+            if e == edge:
+                pl = lanes.polyline(i)
+                return pl[len(pl) // 2]
+        return np.zeros(2)
+
+    def _select_spawn_area(self, route: Route) -> None:
+        """Edges whose midpoint lies within spawn_radius of the route: traffic is kept where it matters."""
+        lanes = self.lanes
+        mids = {}
+        for i in range(len(lanes)):
+            e = lanes.edge_of_lane[i]
+            if e not in mids and not lanes.is_internal[i]:
+                pl = lanes.polyline(i)
+                mids[e] = pl[len(pl) // 2]
+        pts = route.points[:: max(1, len(route.points) // 200)]
+        r2 = self.traffic.spawn_radius**2
+
+        def near(e: str) -> bool:
+            d = pts - mids[e]
+            return bool(np.min(np.einsum("ij,ij->i", d, d)) <= r2)
+
+        self._spawn_edges = [e for e in self._edge_lanes if near(e)] or list(self._edge_lanes)
+        self._spawn_walk = [e for e in self._walk_edges if e in mids and near(e)]
+
+    def _add_ego(self, route: Route, ego: EgoState) -> None:
+        ls = self.ls
+        edges = []
+        for lane in route.lane:
+            if lane < 0 or self.lanes.is_internal[lane]:
+                continue
+            e = self.lanes.edge_of_lane[lane]
+            if not edges or edges[-1] != e:
+                edges.append(e)
+        ls.vehicletype.copy("DEFAULT_VEHTYPE", "ego_type")
+        ls.vehicletype.setLength("ego_type", 2 * ego.half_length)
+        ls.vehicletype.setWidth("ego_type", 2 * ego.half_width)
+        ls.vehicletype.setMinGap("ego_type", 0.5)
+        ls.vehicletype.setColor("ego_type", (255, 255, 255, 255))
+        try:
+            ls.route.add("ego_route", edges)
+            ls.vehicle.add(EGO_ID, "ego_route", typeID="ego_type", departPos="0", departSpeed="0")
+        except Exception:
+            ls.route.add("ego_route_short", edges[:1])
+            ls.vehicle.add(EGO_ID, "ego_route_short", typeID="ego_type", departPos="0", departSpeed="0")
+        ls.vehicle.setSpeedMode(EGO_ID, 0)
+        ls.vehicle.setLaneChangeMode(EGO_ID, 0)
+        fx = ego.x + ego.half_length * math.cos(ego.yaw)
+        fy = ego.y + ego.half_length * math.sin(ego.yaw)
+        ls.vehicle.moveToXY(EGO_ID, "", -1, fx, fy, sumo_angle_from_yaw(ego.yaw), keepRoute=2)
+        ls.simulationStep()
+
+    def _subscribe(self) -> None:
+        tc = self.tc
+        radius = self.traffic.scene_radius
+        self.ls.vehicle.subscribeContext(
+            EGO_ID, tc.CMD_GET_VEHICLE_VARIABLE, radius,
+            [tc.VAR_POSITION, tc.VAR_ANGLE, tc.VAR_SPEED, tc.VAR_LENGTH, tc.VAR_WIDTH, tc.VAR_HEIGHT,
+             tc.VAR_ACCELERATION, tc.VAR_VEHICLECLASS],
+        )
+        self.ls.vehicle.subscribeContext(
+            EGO_ID, tc.CMD_GET_PERSON_VARIABLE, radius, [tc.VAR_POSITION, tc.VAR_ANGLE, tc.VAR_SPEED]
+        )
+        for tls in self._tls_ids:
+            self.ls.trafficlight.subscribe(tls, [tc.TL_RED_YELLOW_GREEN_STATE])
+        self.ls.simulationStep()
+
+    def _fill_traffic(self, initial: bool = False) -> None:
+        ls = self.ls
+        cfg = self.traffic
+        have = sum(1 for v in ls.vehicle.getIDList() if v.startswith("bg"))
+        have += len(ls.simulation.getPendingVehicles())
+        tries = 0
+        while have < cfg.vehicles and tries < 4 * cfg.vehicles:
+            tries += 1
+            a = self._spawn_edges[self._rng.integers(len(self._spawn_edges))]
+            b = self._edge_lanes[self._rng.integers(len(self._edge_lanes))]
+            r = ls.simulation.findRoute(a, b)
+            if len(r.edges) < 2:
+                continue
+            self._counter += 1
+            vid = f"bg{self._counter}"
+            ls.route.add(f"r_{vid}", r.edges)
+            ls.vehicle.add(vid, f"r_{vid}", departPos="random_free" if initial else "base",
+                           departSpeed="desired", departLane="best")
+            have += 1
+        if not self._spawn_walk:
+            return
+        have_p = sum(1 for p in ls.person.getIDList() if p.startswith("ped"))
+        tries = 0
+        while have_p < cfg.pedestrians and tries < 4 * cfg.pedestrians:
+            tries += 1
+            a = self._spawn_walk[self._rng.integers(len(self._spawn_walk))]
+            b = self._spawn_walk[self._rng.integers(len(self._spawn_walk))]
+            if a == b:
+                continue
+            stages = ls.simulation.findIntermodalRoute(a, b, modes="")
+            if not stages or not stages[0].edges:
+                continue
+            self._counter += 1
+            pid = f"ped{self._counter}"
+            try:
+                ls.person.add(pid, a, pos=float(self._rng.uniform(0, 5)))
+                ls.person.appendWalkingStage(pid, list(stages[0].edges), arrivalPos=1.0)
+            except ls.TraCIException:
+                continue
+            have_p += 1
+
+    def _maintain_traffic(self, ego: EgoState) -> None:
+        ls = self.ls
+        r2 = self.traffic.despawn_radius**2
+        for vid in ls.vehicle.getIDList():
+            if not vid.startswith("bg"):
+                continue
+            x, y = ls.vehicle.getPosition(vid)
+            if (x - ego.x) ** 2 + (y - ego.y) ** 2 > r2:
+                ls.vehicle.remove(vid)
+        self._fill_traffic()
+
+    def _static_stop_signs(self) -> StopSigns:
+        lanes = self.lanes
+        pos, line = [], []
+        for lane in lanes.stop_lanes:
+            p, seg = self._lane_end_line(int(lane))
+            pos.append(p)
+            line.append(seg)
+        if not pos:
+            return StopSigns()
+        return StopSigns(position=np.asarray(pos), stop_line=np.asarray(line),
+                         lane=np.asarray(lanes.stop_lanes, np.int32))
+
+    def _static_light_geometry(self) -> tuple[np.ndarray, np.ndarray]:
+        pos, line = [], []
+        for lane in self.lanes.tl_from_lane:
+            p, seg = self._lane_end_line(int(lane))
+            pos.append(p)
+            line.append(seg)
+        if not pos:
+            return np.zeros((0, 2)), np.zeros((0, 2, 2))
+        return np.asarray(pos), np.asarray(line)
+
+    def _lane_end_line(self, lane: int) -> tuple[np.ndarray, np.ndarray]:
+        """The stop line across the end of a lane, and a point beside the lane where a sign/light stands."""
+        pl = self.lanes.polyline(lane)
+        end, prev = pl[-1], pl[-2] if len(pl) > 1 else pl[-1] - np.array([1.0, 0.0])
+        d = end - prev
+        d = d / (np.linalg.norm(d) or 1.0)
+        right = np.array([d[1], -d[0]])
+        hw = 0.5 * self.lanes.width[lane]
+        seg = np.stack([end + right * hw, end - right * hw])
+        return end + right * (hw + 1.0), seg

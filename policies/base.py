@@ -1,0 +1,79 @@
+"""One interface for every driving agent: learned policies, the planner and the privileged expert.
+
+Collection, evaluation and training call `reset(route)` once per route and `act(obs, scene)` every
+tick. A privileged agent (`privileged = True`) reads the `Scene`; the others get `scene=None` and must
+work from the `Observation` alone. Agents are found by name in `AGENTS` or by import path
+(`my_pkg.agents:MyAgent`), so new ones plug in without touching the project.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from envs.scene import Observation, Route, Scene
+
+
+@dataclass
+class Control:
+    throttle: float = 0.0  # [0, 1]
+    brake: float = 0.0  # [0, 1]
+    steer: float = 0.0  # [-1, 1], positive = left (counter-clockwise)
+
+    def as_array(self) -> np.ndarray:
+        return np.array([self.throttle, self.brake, self.steer], dtype=np.float32)
+
+    @staticmethod
+    def from_array(a: np.ndarray) -> Control:
+        return Control(float(a[0]), float(a[1]), float(a[2]))
+
+
+@dataclass
+class AgentOutput:
+    control: Control
+    language: str = ""
+    path: np.ndarray | None = None  # (20, 2) ego-frame path points, 1 m apart
+    speed_waypoints: np.ndarray | None = None  # (10, 2) ego-frame positions every 0.25 s
+    info: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class DrivingAgent(Protocol):
+    name: str
+    privileged: bool
+
+    def reset(self, route: Route) -> None: ...
+
+    def act(self, obs: Observation, scene: Scene | None) -> AgentOutput: ...
+
+
+AGENTS: dict[str, Callable[..., DrivingAgent]] = {}
+
+
+def register_agent(name: str) -> Callable[[Callable[..., DrivingAgent]], Callable[..., DrivingAgent]]:
+    def deco(factory: Callable[..., DrivingAgent]) -> Callable[..., DrivingAgent]:
+        AGENTS[name] = factory
+        return factory
+
+    return deco
+
+
+def make_agent(name: str, **kwargs: object) -> DrivingAgent:
+    """Build an agent by registered name or `module:attribute` import path."""
+    import policies.simple_agent  # noqa: F401  (registers the built-in agents)
+
+    if name in AGENTS:
+        return AGENTS[name](**kwargs)
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"cannot import agent {name!r}: {exc}") from None
+        return factory(**kwargs)
+    raise ValueError(f"unknown agent {name!r}; registered agents: {', '.join(sorted(AGENTS))} "
+                     "(or give an import path 'module:Class')")
