@@ -27,9 +27,12 @@ def _rss_mb() -> float:
 
 
 def _make(map_path: str, vehicles: int, camera: bool) -> DrivingEnv:
-    cfg = EnvConfig(map=map_path, traffic=TrafficConfig(vehicles=vehicles, pedestrians=0, spawn_radius=400.0,
-                                                       despawn_radius=600.0),
-                    random_route_length=(1500.0, 3000.0), max_ticks=10**6)
+    cfg = EnvConfig(
+        map=map_path,
+        traffic=TrafficConfig(vehicles=vehicles, pedestrians=0, spawn_radius=400.0, despawn_radius=600.0),
+        random_route_length=(1500.0, 3000.0),
+        max_ticks=10**6,
+    )
     cfg.camera.enabled = camera
     return DrivingEnv(cfg)
 
@@ -82,22 +85,33 @@ def main() -> None:
     cam, agents_b = _run_env(env, args.steps, args.seed)
     rss_b = _rss_mb()
     env.close()
-    print(json.dumps({
-        "map": Path(args.map).name,
-        "background_vehicles_target": args.vehicles,
-        "vehicles_in_sumo_raw_run": raw_vehicles,
-        "mean_agents_in_scene": {"no_render": agents_a, "camera": agents_b},
-        "steps": args.steps,
-        "raw_sumo_steps_per_s": round(raw, 1),
-        "env_steps_per_s_no_render": round(no_render, 1),
-        "env_steps_per_s_camera_256x128": round(cam, 1),
-        "no_render_fraction_of_raw": round(no_render / raw, 3),
-        "targets": {"no_render_fraction_of_raw": 0.4, "camera_steps_per_s": 150},
-        "peak_rss_mb": {"before": round(base_rss, 1), "after_no_render_env": round(rss_a, 1),
-                        "after_camera_env": round(rss_b, 1)},
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "python": platform.python_version()},
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "map": Path(args.map).name,
+                "background_vehicles_target": args.vehicles,
+                "vehicles_in_sumo_raw_run": raw_vehicles,
+                "mean_agents_in_scene": {"no_render": agents_a, "camera": agents_b},
+                "steps": args.steps,
+                "raw_sumo_steps_per_s": round(raw, 1),
+                "env_steps_per_s_no_render": round(no_render, 1),
+                "env_steps_per_s_camera_256x128": round(cam, 1),
+                "no_render_fraction_of_raw": round(no_render / raw, 3),
+                "targets": {"no_render_fraction_of_raw": 0.4, "camera_steps_per_s": 150},
+                "peak_rss_mb": {
+                    "before": round(base_rss, 1),
+                    "after_no_render_env": round(rss_a, 1),
+                    "after_camera_env": round(rss_b, 1),
+                },
+                "machine": {
+                    "cpu": platform.processor() or platform.machine(),
+                    "cores": os.cpu_count(),
+                    "python": platform.python_version(),
+                },
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

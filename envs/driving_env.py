@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -81,7 +81,7 @@ class EnvConfig:
 
 
 class DrivingEnv(gym.Env):
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": 20}
 
     def __init__(self, config: EnvConfig | dict | None = None, render_mode: str | None = None, **kwargs: Any):
         if config is None or isinstance(config, dict):
@@ -120,15 +120,22 @@ class DrivingEnv(gym.Env):
         options = options or {}
         episode_seed = int(self.np_random.integers(2**31 - 1))
         self.route_spec, self.route = self._choose_route(options, episode_seed)
-        ego = EgoState(float(self.route.points[0, 0]), float(self.route.points[0, 1]),
-                       float(self.route.yaw[0]), 0.0)
+        ego = EgoState(
+            float(self.route.points[0, 0]), float(self.route.points[0, 1]), float(self.route.yaw[0]), 0.0
+        )
         self.backend.start(episode_seed, self.route, ego)
         self.tracker = InfractionTracker(self.route, self.lanes, max_ticks=self.config.max_ticks)
         self._target_s = self._target_distances(self.route)
         self.scenarios = []
         if self.config.scenarios and self.route_spec is not None and self.route_spec.scenarios:
-            ctx = ScenarioContext(self.backend, self.lanes, self.route, self.route.route_id,
-                                  np.random.default_rng(episode_seed), self._report_scenario_infraction)
+            ctx = ScenarioContext(
+                self.backend,
+                self.lanes,
+                self.route,
+                self.route.route_id,
+                np.random.default_rng(episode_seed),
+                self._report_scenario_infraction,
+            )
             self.scenarios = build_scenarios(self.route_spec.scenarios, ctx)
             for sc in self.scenarios:
                 sc.setup()
@@ -158,8 +165,16 @@ class DrivingEnv(gym.Env):
         progress = (self.tracker.completion - before) / 100.0 * self.route.length
         reward = progress - sum(
             COLLISION_PENALTY if inf.type.startswith("collision") else RULE_PENALTY
-            for inf in new if inf.type in ("collision_pedestrian", "collision_vehicle", "collision_static",
-                                           "red_light", "stop_infraction"))
+            for inf in new
+            if inf.type
+            in (
+                "collision_pedestrian",
+                "collision_vehicle",
+                "collision_static",
+                "red_light",
+                "stop_infraction",
+            )
+        )
         truncated = self.tracker.done and self.tracker.timed_out
         terminated = self.tracker.done and not truncated
         if terminated or truncated:
@@ -174,8 +189,10 @@ class DrivingEnv(gym.Env):
         cam = self._camera.render(self.scene, self._raster) if self._camera else None
         bev = self._bev.render(self.scene, self._raster) if self._bev else None
         t = self.tracker
-        lines = [f"{self.route.route_id}  t={self.scene.time:5.1f}s  v={self.scene.ego.speed * 3.6:4.1f} km/h",
-                 f"completion {t.completion:5.1f}%  infractions {t.infraction_count}"]
+        lines = [
+            f"{self.route.route_id}  t={self.scene.time:5.1f}s  v={self.scene.ego.speed * 3.6:4.1f} km/h",
+            f"completion {t.completion:5.1f}%  infractions {t.infraction_count}",
+        ]
         return compose_frame(cam, bev, lines)
 
     def close(self) -> None:
@@ -239,10 +256,17 @@ class DrivingEnv(gym.Env):
         scripted = [sc.scripted_agents() for sc in self.scenarios]
         if any(len(s) for s in scripted):
             agents = Agents.concat([agents, *scripted])
-        return Scene(tick=tick, time=tick * self.backend.step_length, ego=ego, agents=agents,
-                     lights=self.backend.read_lights(), stop_signs=self.backend.stop_signs,
-                     route=self.route, lanes=self.lanes,
-                     route_index=self.tracker.route_index if self.tracker else 0)
+        return Scene(
+            tick=tick,
+            time=tick * self.backend.step_length,
+            ego=ego,
+            agents=agents,
+            lights=self.backend.read_lights(),
+            stop_signs=self.backend.stop_signs,
+            route=self.route,
+            lanes=self.lanes,
+            route_index=self.tracker.route_index if self.tracker else 0,
+        )
 
     def _target_distances(self, route: Route) -> np.ndarray:
         out = np.empty(len(route.target_points))
@@ -278,8 +302,13 @@ class DrivingEnv(gym.Env):
     def observation(self) -> Observation:
         """The last observation as the policy-facing `Observation` dataclass."""
         o = self._observe()
-        return Observation(image=o.get("image"), speed=float(o["speed"][0]), target_points=o["target_points"],
-                           command=int(o["command"]), bev=o.get("bev"))
+        return Observation(
+            image=o.get("image"),
+            speed=float(o["speed"][0]),
+            target_points=o["target_points"],
+            command=int(o["command"]),
+            bev=o.get("bev"),
+        )
 
     def _report_scenario_infraction(self, kind: str, message: str, scene: Scene) -> None:
         self._scenario_pending.append(self.tracker.add_scenario_infraction(kind, message, scene))

@@ -11,8 +11,9 @@ Front camera model (`FrontCamera`), defaults chosen after the CARLA camera of Tr
   image centre; pitch (deg, positive looks up) rotates about the camera's left axis; no roll;
 - ground pixels: each pixel's ray (2x2 sub-samples by default) is intersected with the ground plane
   z = 0 once at construction; per frame the offsets are rotated into the world and looked up in the
-  map raster (nearest cell, with a faint hashed texture), faded into a haze colour from `fog_start`
-  to `max_distance`; rays above the horizon get a sky gradient;
+  map raster (nearest cell per sub-sample; near pixels smaller than a map cell are bilinearly
+  interpolated at the pixel centre instead; a faint hashed texture per cell), faded into a haze colour
+  from `fog_start` to `max_distance`; rays above the horizon get a sky gradient;
 - participants are 3D boxes standing on the ground (cars as a body plus a glass cabin, pedestrians as
   legs/torso/head, bicycles as frame plus rider, emergency vehicles red with a blue light bar,
   traffic lights as pole + housing + a lit lamp facing the controlled lane, stop signs as pole + red

@@ -11,6 +11,7 @@ give each worker its own process, hence its own SUMO.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -88,23 +89,33 @@ class SumoBackend:
         if _ACTIVE[0] is not None and _ACTIVE[0] is not self:
             _ACTIVE[0]._running = False
         args = [
-            "sumo", "-n", self.lanes.net_path,
-            "--step-length", str(self.step_length),
-            "--seed", str(int(seed) % (2**31)),
-            "--no-step-log", "true", "--no-warnings", "true",
-            "--collision.action", "none",  # collisions are the project's own judgement
-            "--time-to-teleport", "-1",
-            "--ignore-route-errors", "true",
-            "--default.speeddev", "0.1",
-            "--pedestrian.model", "nonInteracting",
-            "--error-log", os.devnull,
+            "sumo",
+            "-n",
+            self.lanes.net_path,
+            "--step-length",
+            str(self.step_length),
+            "--seed",
+            str(int(seed) % (2**31)),
+            "--no-step-log",
+            "true",
+            "--no-warnings",
+            "true",
+            "--collision.action",
+            "none",  # collisions are the project's own judgement
+            "--time-to-teleport",
+            "-1",
+            "--ignore-route-errors",
+            "true",
+            "--default.speeddev",
+            "0.1",
+            "--pedestrian.model",
+            "nonInteracting",
+            "--error-log",
+            os.devnull,
         ]
+        with contextlib.suppress(Exception):  # a simulation left open by someone else in this process
+            self.ls.close()
         try:
-            if self.ls.isLibsumo():
-                try:
-                    self.ls.close()
-                except Exception:
-                    pass
             self.ls.start(args)
         except Exception as exc:
             raise SimulatorError(f"SUMO failed to start on {self.lanes.net_path}: {exc}") from exc
@@ -122,10 +133,8 @@ class SumoBackend:
 
     def close(self) -> None:
         if self._running and _ACTIVE[0] is self:
-            try:
+            with contextlib.suppress(Exception):
                 self.ls.close()
-            except Exception:
-                pass
             _ACTIVE[0] = None
         self._running = False
 
@@ -197,8 +206,11 @@ class SumoBackend:
             accel[k] = d[tc.VAR_ACCELERATION]
             height[k] = d[tc.VAR_HEIGHT]
             vclass = d[tc.VAR_VEHICLECLASS]
-            kd = AgentKind.BICYCLE if vclass == "bicycle" else (
-                AgentKind.EMERGENCY if vclass == "emergency" else AgentKind.VEHICLE)
+            kd = (
+                AgentKind.BICYCLE
+                if vclass == "bicycle"
+                else (AgentKind.EMERGENCY if vclass == "emergency" else AgentKind.VEHICLE)
+            )
             kind[k] = self.kind_override.get(vid, kd)
             if vid in self.color_override:
                 color[k] = self.color_override[vid]
@@ -213,8 +225,16 @@ class SumoBackend:
             speed[k] = v
             height[k] = 1.8
             kind[k] = AgentKind.PEDESTRIAN
-        return Agents(ids=ids + pids, kind=kind, box=box, height=height, velocity=vel, speed=speed,
-                      accel=accel, color=color)
+        return Agents(
+            ids=ids + pids,
+            kind=kind,
+            box=box,
+            height=height,
+            velocity=vel,
+            speed=speed,
+            accel=accel,
+            color=color,
+        )
 
     def read_lights(self) -> TrafficLights:
         self._check()
@@ -227,13 +247,27 @@ class SumoBackend:
             s = res.get(tls, {}).get(var, "")
             state[row] = _STATE_CHAR.get(s[link], 3) if link < len(s) else 3
         pos, stop_line = self._tl_static
-        return TrafficLights(tls_id=list(self.lanes.tl_ids), state=state, position=pos, stop_line=stop_line,
-                             from_lane=self.lanes.tl_from_lane, via_lane=self.lanes.tl_via_lane)
+        return TrafficLights(
+            tls_id=list(self.lanes.tl_ids),
+            state=state,
+            position=pos,
+            stop_line=stop_line,
+            from_lane=self.lanes.tl_from_lane,
+            via_lane=self.lanes.tl_via_lane,
+        )
 
     # ----------------------------------------------------------------------- scenario helpers
-    def add_vehicle(self, vid: str, edges: list[str], lane: int, pos: float, speed: float,
-                    vclass: str = "passenger", kind: int | None = None,
-                    color: tuple[int, int, int] | None = None) -> None:
+    def add_vehicle(
+        self,
+        vid: str,
+        edges: list[str],
+        lane: int,
+        pos: float,
+        speed: float,
+        vclass: str = "passenger",
+        kind: int | None = None,
+        color: tuple[int, int, int] | None = None,
+    ) -> None:
         """Insert a vehicle for a scenario at `pos` metres on lane `lane` of the first edge."""
         self._check()
         ls = self.ls
@@ -247,8 +281,14 @@ class SumoBackend:
                 ls.vehicletype.setVehicleClass(vtype, vclass)
                 if vclass == "emergency":
                     ls.vehicletype.setParameter(vtype, "has.bluelight.device", "true")
-        ls.vehicle.add(vid, rid, typeID=vtype, departLane=str(lane), departPos=str(max(pos, 0.0)),
-                       departSpeed=str(max(speed, 0.0)))
+        ls.vehicle.add(
+            vid,
+            rid,
+            typeID=vtype,
+            departLane=str(lane),
+            departPos=str(max(pos, 0.0)),
+            departSpeed=str(max(speed, 0.0)),
+        )
         if kind is not None:
             self.kind_override[vid] = kind
         if color is not None:
@@ -333,9 +373,19 @@ class SumoBackend:
         tc = self.tc
         radius = self.traffic.scene_radius
         self.ls.vehicle.subscribeContext(
-            EGO_ID, tc.CMD_GET_VEHICLE_VARIABLE, radius,
-            [tc.VAR_POSITION, tc.VAR_ANGLE, tc.VAR_SPEED, tc.VAR_LENGTH, tc.VAR_WIDTH, tc.VAR_HEIGHT,
-             tc.VAR_ACCELERATION, tc.VAR_VEHICLECLASS],
+            EGO_ID,
+            tc.CMD_GET_VEHICLE_VARIABLE,
+            radius,
+            [
+                tc.VAR_POSITION,
+                tc.VAR_ANGLE,
+                tc.VAR_SPEED,
+                tc.VAR_LENGTH,
+                tc.VAR_WIDTH,
+                tc.VAR_HEIGHT,
+                tc.VAR_ACCELERATION,
+                tc.VAR_VEHICLECLASS,
+            ],
         )
         self.ls.vehicle.subscribeContext(
             EGO_ID, tc.CMD_GET_PERSON_VARIABLE, radius, [tc.VAR_POSITION, tc.VAR_ANGLE, tc.VAR_SPEED]
@@ -360,8 +410,13 @@ class SumoBackend:
             self._counter += 1
             vid = f"bg{self._counter}"
             ls.route.add(f"r_{vid}", r.edges)
-            ls.vehicle.add(vid, f"r_{vid}", departPos="random_free" if initial else "base",
-                           departSpeed="desired", departLane="best")
+            ls.vehicle.add(
+                vid,
+                f"r_{vid}",
+                departPos="random_free" if initial else "base",
+                departSpeed="desired",
+                departLane="best",
+            )
             have += 1
         if not self._spawn_walk:
             return
@@ -405,8 +460,9 @@ class SumoBackend:
             line.append(seg)
         if not pos:
             return StopSigns()
-        return StopSigns(position=np.asarray(pos), stop_line=np.asarray(line),
-                         lane=np.asarray(lanes.stop_lanes, np.int32))
+        return StopSigns(
+            position=np.asarray(pos), stop_line=np.asarray(line), lane=np.asarray(lanes.stop_lanes, np.int32)
+        )
 
     def _static_light_geometry(self) -> tuple[np.ndarray, np.ndarray]:
         pos, line = [], []

@@ -75,5 +75,7 @@ def make_agent(name: str, **kwargs: object) -> DrivingAgent:
         except (ImportError, AttributeError) as exc:
             raise ValueError(f"cannot import agent {name!r}: {exc}") from None
         return factory(**kwargs)
-    raise ValueError(f"unknown agent {name!r}; registered agents: {', '.join(sorted(AGENTS))} "
-                     "(or give an import path 'module:Class')")
+    raise ValueError(
+        f"unknown agent {name!r}; registered agents: {', '.join(sorted(AGENTS))} "
+        "(or give an import path 'module:Class')"
+    )

@@ -322,7 +322,8 @@ class LaneFollowAgent:
         if v >= 0.1:
             self._stop_wait = 0
 
-        end_gap = self._length - s_ego - hl
+        # Stop with the centre just past the route's end: completion is measured at the centre.
+        end_gap = self._length - s_ego + 2.0
         if end_gap < horizon:
             add(end_gap, 0.0, 1.0, 0.0, ROUTE_END, None)
 

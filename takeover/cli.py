@@ -23,19 +23,30 @@ def _fail(msg: str) -> None:
 
 @app.command()
 def drive(
-    map: str = typer.Option(..., "--map", help="Procedural map name (urban_grid, highway, rural), an OpenDRIVE "
-                            "file, a .net.xml, or a folder of TownXX.xodr files (route towns pick the map)."),
+    map: str = typer.Option(
+        ...,
+        "--map",
+        help="Procedural map name (urban_grid, highway, rural), an OpenDRIVE "
+        "file, a .net.xml, or a folder of TownXX.xodr files (route towns pick the map).",
+    ),
     out: Path = typer.Option(..., "--out", help="Output folder for records, figures and videos."),
-    routes: str | None = typer.Option(None, "--routes", help="Leaderboard 1.0 or Bench2Drive route XML. "
-                                      "Without it, random routes on the map."),
+    routes: str | None = typer.Option(
+        None,
+        "--routes",
+        help="Leaderboard 1.0 or Bench2Drive route XML. Without it, random routes on the map.",
+    ),
     route_id: list[str] | None = typer.Option(None, "--route-id", help="Only these route ids (repeatable)."),
     agent: str = typer.Option("lane_follow", "--agent", help="Agent name or import path module:Class."),
     video: bool = typer.Option(False, "--video", help="Write an MP4 (camera + bird's-eye view) per route."),
-    num_routes: int = typer.Option(2, "--num-routes", help="Random routes to drive when --routes is not given."),
+    num_routes: int = typer.Option(
+        2, "--num-routes", help="Random routes to drive when --routes is not given."
+    ),
     vehicles: int = typer.Option(40, "--vehicles", help="Background vehicles kept around the route."),
     pedestrians: int = typer.Option(10, "--pedestrians", help="Background pedestrians."),
     seed: int = typer.Option(0, "--seed"),
-    max_ticks: int = typer.Option(4000, "--max-ticks", help="Tick cap per route (20 Hz); 4000 as Bench2Drive."),
+    max_ticks: int = typer.Option(
+        4000, "--max-ticks", help="Tick cap per route (20 Hz); 4000 as Bench2Drive."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Keep routes whose record already exists in --out."),
 ) -> None:
     """Drive routes closed-loop and write one Bench2Drive-style record per route plus a summary."""
@@ -45,9 +56,19 @@ def drive(
     from takeover.drive import DriveJob
     from takeover.drive import drive as run_drive
 
-    job = DriveJob(map=map, out=out, agent=agent, routes=routes, route_ids=route_id or None,
-                   num_random_routes=num_routes, video=video, seed=seed, max_ticks=max_ticks, resume=resume,
-                   traffic=TrafficConfig(vehicles=vehicles, pedestrians=pedestrians))
+    job = DriveJob(
+        map=map,
+        out=out,
+        agent=agent,
+        routes=routes,
+        route_ids=route_id or None,
+        num_random_routes=num_routes,
+        video=video,
+        seed=seed,
+        max_ticks=max_ticks,
+        resume=resume,
+        traffic=TrafficConfig(vehicles=vehicles, pedestrians=pedestrians),
+    )
     try:
         run_drive(job)
     except (MapError, RouteFileError, SimulatorError, ValueError) as exc:
@@ -64,8 +85,15 @@ def demo(
     from takeover.drive import DriveJob
     from takeover.drive import drive as run_drive
 
-    job = DriveJob(map="urban_grid", out=out, agent="lane_follow", num_random_routes=num_routes, video=True,
-                   traffic=TrafficConfig(vehicles=30, pedestrians=15), max_ticks=1600)
+    job = DriveJob(
+        map="urban_grid",
+        out=out,
+        agent="lane_follow",
+        num_random_routes=num_routes,
+        video=True,
+        traffic=TrafficConfig(vehicles=30, pedestrians=15),
+        max_ticks=1600,
+    )
     run_drive(job)
     typer.echo(f"open {out}/summary.json, {out}/route_*.png and {out}/route_*.mp4")
 
@@ -91,9 +119,15 @@ def maps_build(spec: str = typer.Argument(..., help="Procedural map name or Open
         g = load_lane_graph(path)
     except MapError as exc:
         _fail(str(exc))
-    info = {"net": str(path), "lanes": len(g), "drivable_lanes": int(g.drivable.sum()),
-            "traffic_light_links": len(g.tl_ids), "traffic_lights": len(set(g.tl_ids)),
-            "stop_lanes": len(g.stop_lanes), "junctions": len(g.junction_ids)}
+    info = {
+        "net": str(path),
+        "lanes": len(g),
+        "drivable_lanes": int(g.drivable.sum()),
+        "traffic_light_links": len(g.tl_ids),
+        "traffic_lights": len(set(g.tl_ids)),
+        "stop_lanes": len(g.stop_lanes),
+        "junctions": len(g.junction_ids),
+    }
     typer.echo(json.dumps(info, indent=1))
 
 

@@ -68,11 +68,15 @@ def plan_jobs(job: DriveJob) -> list[tuple[str, list[RouteSpec] | None]]:
             continue
         groups.setdefault(m, []).append(spec)
     if skipped:
-        job.log(f"skipping {len(skipped)} routes whose town has no map in {job.map}: "
-                f"{', '.join(skipped[:8])}{' ...' if len(skipped) > 8 else ''}")
+        job.log(
+            f"skipping {len(skipped)} routes whose town has no map in {job.map}: "
+            f"{', '.join(skipped[:8])}{' ...' if len(skipped) > 8 else ''}"
+        )
     if not groups:
-        raise RouteFileError(f"no route in {job.routes} runs on map {job.map} (route towns: "
-                             f"{sorted({s.town for s in specs})}); pass the matching map or a maps folder")
+        raise RouteFileError(
+            f"no route in {job.routes} runs on map {job.map} (route towns: "
+            f"{sorted({s.town for s in specs})}); pass the matching map or a maps folder"
+        )
     return list(groups.items())
 
 
@@ -83,9 +87,13 @@ def drive(job: DriveJob) -> dict:
     t_start = time.time()
     for map_path, specs in plan_jobs(job):
         n_routes = len(specs) if specs is not None else job.num_random_routes
-        cfg = EnvConfig(map=map_path, routes=job.routes if specs else None,
-                        route_ids=[s.route_id for s in specs] if specs else None, traffic=job.traffic,
-                        max_ticks=job.max_ticks)
+        cfg = EnvConfig(
+            map=map_path,
+            routes=job.routes if specs else None,
+            route_ids=[s.route_id for s in specs] if specs else None,
+            traffic=job.traffic,
+            max_ticks=job.max_ticks,
+        )
         cfg.camera.width, cfg.camera.height = job.camera_size
         cfg.camera.enabled = not getattr(agent, "privileged", False) or job.video
         env = DrivingEnv(cfg, render_mode="rgb_array" if job.video else None)
@@ -100,8 +108,10 @@ def drive(job: DriveJob) -> dict:
                 rec = _drive_one(env, agent, rid, specs is not None, job.seed + k, job)
                 path.write_text(json.dumps(rec, indent=1))
                 records.append(rec)
-                job.log(f"[{len(records)}] {rid}: {rec['status']}  completion "
-                        f"{rec['scores']['score_route']:.1f}%  score {rec['scores']['score_composed']:.1f}")
+                job.log(
+                    f"[{len(records)}] {rid}: {rec['status']}  completion "
+                    f"{rec['scores']['score_route']:.1f}%  score {rec['scores']['score_composed']:.1f}"
+                )
         finally:
             env.close()
     summary = summarize(records)
@@ -109,8 +119,10 @@ def drive(job: DriveJob) -> dict:
     summary["wall_time_s"] = round(time.time() - t_start, 1)
     (job.out / "summary.json").write_text(json.dumps(summary, indent=1))
     _summary_figure(records, job.out / "summary.png")
-    job.log(f"driving score {summary['driving_score']:.2f}  success rate {summary['success_rate']:.2f}  "
-            f"over {len(records)} routes -> {job.out}")
+    job.log(
+        f"driving score {summary['driving_score']:.2f}  success rate {summary['success_rate']:.2f}  "
+        f"over {len(records)} routes -> {job.out}"
+    )
     return summary
 
 
@@ -154,11 +166,19 @@ def _drive_one(env: DrivingEnv, agent, rid: str, from_file: bool, seed: int, job
 
 
 def _failed_record(rid: str, kind: str, exc: Exception, env: DrivingEnv) -> dict:
-    rec = {"route_id": rid, "status": f"Failed - {kind}", "error": f"{type(exc).__name__}: {exc}",
-           "scores": {"score_route": 0.0, "score_penalty": 1.0, "score_composed": 0.0}, "infractions": {}}
+    rec = {
+        "route_id": rid,
+        "status": f"Failed - {kind}",
+        "error": f"{type(exc).__name__}: {exc}",
+        "scores": {"score_route": 0.0, "score_penalty": 1.0, "score_composed": 0.0},
+        "infractions": {},
+    }
     if env.tracker is not None and env.route is not None and env.route.route_id == rid:
         partial = env.tracker.record()
-        rec["partial"] = {"completion": partial["scores"]["score_route"], "infractions": partial["infractions"]}
+        rec["partial"] = {
+            "completion": partial["scores"]["score_route"],
+            "infractions": partial["infractions"],
+        }
     return rec
 
 
@@ -177,20 +197,23 @@ def _trajectory_figure(env: DrivingEnv, traj: np.ndarray, rec: dict, path: Path)
         pl = lanes.polyline(i)
         if np.any((pl >= lo).all(1) & (pl <= hi).all(1)):
             ax.plot(pl[:, 0], pl[:, 1], color="0.8", lw=0.6, zorder=1)
-    ax.plot(route.points[:, 0], route.points[:, 1], color="tab:blue", lw=2, alpha=0.4, label="route", zorder=2)
+    ax.plot(
+        route.points[:, 0], route.points[:, 1], color="tab:blue", lw=2, alpha=0.4, label="route", zorder=2
+    )
     sc = ax.scatter(traj[:, 0], traj[:, 1], c=traj[:, 2] * 3.6, s=2, cmap="viridis", zorder=3)
     fig.colorbar(sc, ax=ax, label="ego speed (km/h)", shrink=0.7)
-    for key, items in rec.get("infractions", {}).items():
-        for item in items:
-            loc = item.get("location") if isinstance(item, dict) else None
-            if loc:
-                ax.scatter([loc[0]], [loc[1]], marker="x", s=60, color="red", zorder=4)
-                ax.annotate(key, (loc[0], loc[1]), fontsize=7, color="red")
+    for item in rec.get("infraction_details", []):
+        if item.get("type") == "min_speed_infraction" or not item.get("location"):
+            continue
+        loc = item["location"]
+        ax.scatter([loc[0]], [loc[1]], marker="x", s=60, color="red", zorder=4)
+        ax.annotate(item["type"], (loc[0], loc[1]), fontsize=7, color="red")
     ax.set_xlim(lo[0], hi[0])
     ax.set_ylim(lo[1], hi[1])
     ax.set_aspect("equal")
-    ax.set_title(f"route {rec['route_id']}: {rec['status']}\nscore {rec['scores']['score_composed']:.1f}",
-                 fontsize=9)
+    ax.set_title(
+        f"route {rec['route_id']}: {rec['status']}\nscore {rec['scores']['score_composed']:.1f}", fontsize=9
+    )
     ax.legend(loc="upper right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path)

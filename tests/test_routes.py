@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from envs.maps.build import convert_opendrive
 from envs.maps.network import LaneGraph, load_lane_graph
 from envs.routes import (
     RouteFileError,
@@ -338,25 +337,6 @@ def test_parse_real_scenario_params():
 
 
 # ------------------------------------------------------------------------------- CARLA towns
-def _convert(xodr: Path, out_dir: Path) -> Path:
-    try:
-        from envs.maps.build import convert_opendrive
-    except ImportError:  # pragma: no cover - before envs.maps.build provides it
-        convert_opendrive = None
-    if convert_opendrive is not None:
-        return Path(convert_opendrive(xodr, out_dir))
-    netconvert = shutil.which("netconvert") or str(
-        Path(__file__).resolve().parents[1] / ".venv/bin/netconvert"
-    )
-    out = out_dir / f"{xodr.stem}.net.xml"
-    subprocess.run(
-        [netconvert, "--opendrive", str(xodr), "-o", str(out), "--sidewalks.guess", "--crossings.guess"],
-        check=True,
-        capture_output=True,
-    )
-    return out
-
-
 @pytest.fixture(scope="session")
 def town(tmp_path_factory):
     """town(name) -> LaneGraph, each CARLA town converted once per session into a temporary cache."""
@@ -365,7 +345,7 @@ def town(tmp_path_factory):
 
     def get(name: str) -> LaneGraph:
         if name not in cache:
-            cache[name] = load_lane_graph(_convert(CARLA_MAPS / f"{name}.xodr", out_dir))
+            cache[name] = load_lane_graph(convert_opendrive(CARLA_MAPS / f"{name}.xodr", out_dir))
         return cache[name]
 
     return get

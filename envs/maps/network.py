@@ -8,6 +8,7 @@ the Numba kernels take its arrays directly.
 
 from __future__ import annotations
 
+import itertools
 import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -129,7 +130,9 @@ class LaneGraph:
         hi = np.maximum(self.seg_a, self.seg_b).max(axis=0) + GRID_CELL if len(self.seg_a) else np.ones(2)
         shape = (int((hi[0] - lo[0]) // GRID_CELL) + 1, int((hi[1] - lo[1]) // GRID_CELL) + 1)
         self.grid_origin, self.grid_shape = lo, shape
-        self.grid_offsets, self.grid_items = _build_grid(self.seg_a, self.seg_b, lo, shape[0], shape[1], GRID_CELL)
+        self.grid_offsets, self.grid_items = _build_grid(
+            self.seg_a, self.seg_b, lo, shape[0], shape[1], GRID_CELL
+        )
 
     def nearest_lanes(
         self, x: float, y: float, radius: float = 5.0, yaw: float | None = None, drivable_only: bool = True
@@ -141,8 +144,20 @@ class LaneGraph:
         """
         mask = self.drivable if drivable_only else np.ones(len(self.lane_ids), np.bool_)
         found = _query(
-            x, y, radius, self.seg_a, self.seg_b, self.seg_lane, self.seg_s, mask,
-            self.grid_origin, self.grid_shape[0], self.grid_shape[1], GRID_CELL, self.grid_offsets, self.grid_items,
+            x,
+            y,
+            radius,
+            self.seg_a,
+            self.seg_b,
+            self.seg_lane,
+            self.seg_s,
+            mask,
+            self.grid_origin,
+            self.grid_shape[0],
+            self.grid_shape[1],
+            GRID_CELL,
+            self.grid_offsets,
+            self.grid_items,
         )
         best: dict[int, tuple[float, float, float, float]] = {}
         for lane, dist, s, lyaw in found:
@@ -203,7 +218,9 @@ def _build_grid(seg_a, seg_b, origin, nx, ny, cell):  # pragma: no cover - numba
 
 
 @numba.njit(cache=True)
-def _query(x, y, radius, seg_a, seg_b, seg_lane, seg_s, mask, origin, nx, ny, cell, offsets, items):  # pragma: no cover
+def _query(
+    x, y, radius, seg_a, seg_b, seg_lane, seg_s, mask, origin, nx, ny, cell, offsets, items
+):  # pragma: no cover
     out = []
     r = int(radius // cell) + 1
     ci = int((x - origin[0]) // cell)
@@ -273,7 +290,9 @@ def load_lane_graph(net_path: str | Path) -> LaneGraph:
             ped_only = allow.strip() == "pedestrian"
             sidewalk.append(ped_only and func != "crossing")
             crossing.append(func == "crossing")
-            cars = (not allow or "passenger" in allow.split() or allow == "all") and "passenger" not in disallow.split()
+            cars = (
+                not allow or "passenger" in allow.split() or allow == "all"
+            ) and "passenger" not in disallow.split()
             drivable.append(bool(cars) and func != "crossing" and not ped_only)
             lindex.append(int(lane.get("index", "0")))
             edge_lanes.setdefault(eid, []).append(i)
@@ -287,7 +306,7 @@ def load_lane_graph(net_path: str | Path) -> LaneGraph:
     for lanes in edge_lanes.values():
         ordered = sorted(lanes, key=lambda i: lindex[i])
         drive = [i for i in ordered if drivable[i]]
-        for a, b in zip(drive[:-1], drive[1:], strict=False):
+        for a, b in itertools.pairwise(drive):
             left[a], right[b] = b, a
 
     succ_lists: list[list[int]] = [[] for _ in range(n)]

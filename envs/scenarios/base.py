@@ -45,8 +45,14 @@ class ScenarioStatus:
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "type": self.type, "implemented": self.implemented,
-                "triggered": self.triggered, "trigger_tick": self.trigger_tick, "notes": self.notes}
+        return {
+            "name": self.name,
+            "type": self.type,
+            "implemented": self.implemented,
+            "triggered": self.triggered,
+            "trigger_tick": self.trigger_tick,
+            "notes": self.notes,
+        }
 
 
 class Scenario:
@@ -148,8 +154,12 @@ class UnimplementedScenario(Scenario):
         self.type_name = getattr(spec, "type", "?")
         self.params = {}
         self.trigger_index, self.trigger_s = 0, math.inf
-        self.status = ScenarioStatus(self.name, self.type_name, implemented=False,
-                                     notes=["scenario type not implemented; route ran without it"])
+        self.status = ScenarioStatus(
+            self.name,
+            self.type_name,
+            implemented=False,
+            notes=["scenario type not implemented; route ran without it"],
+        )
 
 
 SCENARIOS: dict[str, type[Scenario]] = {}

@@ -6,6 +6,7 @@ Behaviour follows the Bench2Drive / scenario-runner descriptions; parameters kee
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import numpy as np
 
@@ -49,7 +50,7 @@ class HardBreakRoute(_RouteAnchored):
     """The traffic ahead of the ego brakes hard at the trigger point, stays stopped, then drives on."""
 
     type_name = "HardBreakRoute"
-    defaults = {"stop_duration": "6", "lead_distance": "25"}
+    defaults: ClassVar[dict[str, str]] = {"stop_duration": "6", "lead_distance": "25"}
     LEAD = "sc_hardbrake_lead"
 
     def setup(self) -> None:
@@ -63,8 +64,9 @@ class HardBreakRoute(_RouteAnchored):
         lead_gap = self.float_param("lead_distance")
         if not self._lead_added and ego_s >= self.trigger_s - 80.0:
             edges, lane, pos, _ = self.lane_position(ego_s + lead_gap)
-            backend.add_vehicle(self.LEAD, edges, lane, pos, speed=max(scene.ego.speed, 5.0),
-                                color=(200, 40, 40))
+            backend.add_vehicle(
+                self.LEAD, edges, lane, pos, speed=max(scene.ego.speed, 5.0), color=(200, 40, 40)
+            )
             self._lead_added = True
         if not self.status.triggered or self.LEAD not in backend.vehicle_ids():
             return
@@ -94,13 +96,20 @@ class ParkedObstacle(_RouteAnchored):
     """A parked vehicle blocks the ego's lane `distance` m after the trigger; pass it within the timeout."""
 
     type_name = "ParkedObstacle"
-    defaults = {"distance": "120", "direction": "right", "speed": "60", "timeout": str(SCENARIO_TIMEOUT_S)}
+    defaults: ClassVar[dict[str, str]] = {
+        "distance": "120",
+        "direction": "right",
+        "speed": "60",
+        "timeout": str(SCENARIO_TIMEOUT_S),
+    }
     OBSTACLE = "sc_parked_obstacle"
 
     def setup(self) -> None:
         if self.param("direction") not in ("left", "right"):
-            raise ScenarioError(f"route {self.ctx.route_id}: scenario {self.name} direction must be "
-                                f"'left' or 'right', got {self.param('direction')!r}")
+            raise ScenarioError(
+                f"route {self.ctx.route_id}: scenario {self.name} direction must be "
+                f"'left' or 'right', got {self.param('direction')!r}"
+            )
         self.obstacle_s = self.trigger_s + self.float_param("distance")
         edges, lane, pos, _ = self.lane_position(self.obstacle_s)
         self.ctx.backend.park_vehicle(self.OBSTACLE, f"{edges[0]}_{lane}", pos)
@@ -115,8 +124,12 @@ class ParkedObstacle(_RouteAnchored):
             self.status.notes.append("ego passed the obstacle")
         elif waited > self.float_param("timeout"):
             self._timed_out = True
-            self.ctx.report("scenario_timeout", f"{self.name}: ego did not pass the parked obstacle "
-                            f"within {self.float_param('timeout'):.0f} s", scene)
+            self.ctx.report(
+                "scenario_timeout",
+                f"{self.name}: ego did not pass the parked obstacle "
+                f"within {self.float_param('timeout'):.0f} s",
+                scene,
+            )
 
 
 @register_scenario
@@ -124,7 +137,7 @@ class PedestrianCrossing(Scenario):
     """A group of pedestrians crosses the road ahead of the ego when it reaches the trigger point."""
 
     type_name = "PedestrianCrossing"
-    defaults = {"crossing_distance": "18", "walkers": "3"}
+    defaults: ClassVar[dict[str, str]] = {"crossing_distance": "18", "walkers": "3"}
 
     def setup(self) -> None:
         n = int(self.float_param("walkers"))
@@ -135,7 +148,9 @@ class PedestrianCrossing(Scenario):
         left = np.array([-self._fwd[1], self._fwd[0]])
         rng = self.ctx.rng
         start_off = -5.5  # right kerb side, metres left of the ego lane centre
-        self._pos = np.stack([p + left * (start_off - 0.6 * k) + self._fwd * (1.2 * k - 1.2) for k in range(n)])
+        self._pos = np.stack(
+            [p + left * (start_off - 0.6 * k) + self._fwd * (1.2 * k - 1.2) for k in range(n)]
+        )
         self._dir = np.tile(left, (n, 1))
         self._speed = rng.uniform(1.3, 2.0, size=n)
         self._end = 9.0 + 0.6 * np.arange(n)  # lateral offset (left) where each walker stops
