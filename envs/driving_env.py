@@ -66,11 +66,23 @@ class EnvConfig:
     cache_dir: str | None = None
 
     @staticmethod
+    def from_yaml(path: str | Path) -> EnvConfig:
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"environment config not found: {path}")
+        return EnvConfig.from_dict(yaml.safe_load(path.read_text()) or {})
+
+    @staticmethod
     def from_dict(d: dict[str, Any]) -> EnvConfig:
         d = dict(d)
         sub = {"traffic": TrafficConfig, "camera": CameraConfig, "bev": BevConfig}
         for key, cls in sub.items():
             if isinstance(d.get(key), dict):
+                bad = set(d[key]) - set(cls.__dataclass_fields__)
+                if bad:
+                    raise ValueError(f"unknown environment config keys in {key!r}: {sorted(bad)}")
                 d[key] = cls(**d[key])
         unknown = set(d) - set(EnvConfig.__dataclass_fields__)
         if unknown:
@@ -116,6 +128,10 @@ class DrivingEnv(gym.Env):
 
     # -------------------------------------------------------------------------------- gym API
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        """Start an episode. `options` (all optional): `route_id` (a route of the route file), `route` (an
+        `envs.scene.Route` to drive instead), `scenarios` (a list of `envs.routes.ScenarioSpec`, trigger
+        points in CARLA coordinates, i.e. `lanes.world_to_carla`; they replace the route's own scenarios
+        and apply even when `config.scenarios` is False)."""
         super().reset(seed=seed)
         options = options or {}
         episode_seed = int(self.np_random.integers(2**31 - 1))
@@ -127,7 +143,14 @@ class DrivingEnv(gym.Env):
         self.tracker = InfractionTracker(self.route, self.lanes, max_ticks=self.config.max_ticks)
         self._target_s = self._target_distances(self.route)
         self.scenarios = []
-        if self.config.scenarios and self.route_spec is not None and self.route_spec.scenarios:
+        self._scenario_pending = []
+        if options.get("scenarios") is not None:
+            specs = list(options["scenarios"])
+        elif self.config.scenarios and self.route_spec is not None:
+            specs = self.route_spec.scenarios
+        else:
+            specs = []
+        if specs:
             ctx = ScenarioContext(
                 self.backend,
                 self.lanes,
@@ -136,7 +159,7 @@ class DrivingEnv(gym.Env):
                 np.random.default_rng(episode_seed),
                 self._report_scenario_infraction,
             )
-            self.scenarios = build_scenarios(self.route_spec.scenarios, ctx)
+            self.scenarios = build_scenarios(specs, ctx)
             for sc in self.scenarios:
                 sc.setup()
         self.scene = self._build_scene(ego, tick=0)

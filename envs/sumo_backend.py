@@ -19,10 +19,22 @@ from dataclasses import dataclass
 import numpy as np
 
 from envs.maps.network import LaneGraph
-from envs.scene import AgentKind, Agents, EgoState, Route, StopSigns, TrafficLights, sumo_angle_from_yaw
+from envs.scene import (
+    AgentKind,
+    Agents,
+    EgoState,
+    LightState,
+    Route,
+    StopSigns,
+    TrafficLights,
+    sumo_angle_from_yaw,
+)
 
 EGO_ID = "ego"
-_STATE_CHAR = {"r": 0, "R": 0, "y": 1, "Y": 1, "u": 1, "g": 2, "G": 2, "s": 2, "o": 3, "O": 3}
+_STATE_LUT = np.full(256, 3, np.int8)  # SUMO link-state character -> LightState (unknown = OFF)
+for _chars, _state in (("rR", 0), ("yYu", 1), ("gGs", 2), ("oO", 3)):
+    for _c in _chars:
+        _STATE_LUT[ord(_c)] = _state
 _PERSON_HALF = 0.3
 
 
@@ -75,6 +87,10 @@ class SumoBackend:
         self._tls_ids = sorted(set(lanes.tl_ids))
         self._tl_col = {t: k for k, t in enumerate(self._tls_ids)}
         self._tl_rows = np.array([self._tl_col[t] for t in lanes.tl_ids], np.int64)
+        self._tl_links = np.asarray(lanes.tl_link_index, np.int64)
+        self._tl_codes = np.full((len(self._tls_ids), int(self._tl_links.max(initial=0)) + 1), 3, np.int8)
+        self._tl_state = np.full(len(lanes.tl_ids), 3, np.int8)
+        self._tl_last_strings: tuple[str, ...] = ()
         self.stop_signs = self._static_stop_signs()
         self._tl_static = self._static_light_geometry()
         self._spawn_edges: list[str] = []
@@ -126,6 +142,7 @@ class SumoBackend:
         self.color_override.clear()
         self._counter = 0
         self.tick = 0
+        self._tl_last_strings = ()
         self._select_spawn_area(route)
         self._add_ego(route, ego)
         self._fill_traffic(initial=True)
@@ -237,19 +254,25 @@ class SumoBackend:
         )
 
     def read_lights(self) -> TrafficLights:
+        """Per-link light states, vectorised; the previous array is reused while no light changed."""
         self._check()
         if not self._tls_ids:
             return TrafficLights()
         res = self.ls.trafficlight.getAllSubscriptionResults()
         var = self.tc.TL_RED_YELLOW_GREEN_STATE
-        state = np.empty(len(self.lanes.tl_ids), np.int8)
-        for row, (tls, link) in enumerate(zip(self.lanes.tl_ids, self.lanes.tl_link_index, strict=True)):
-            s = res.get(tls, {}).get(var, "")
-            state[row] = _STATE_CHAR.get(s[link], 3) if link < len(s) else 3
+        strings = tuple(res.get(t, {}).get(var, "") for t in self._tls_ids)
+        if strings != self._tl_last_strings:
+            width = self._tl_codes.shape[1]
+            self._tl_codes.fill(LightState.OFF)
+            for col, text in enumerate(strings):
+                raw = np.frombuffer(text.encode()[:width], np.uint8)
+                self._tl_codes[col, : len(raw)] = _STATE_LUT[raw]
+            self._tl_state = self._tl_codes[self._tl_rows, self._tl_links]
+            self._tl_last_strings = strings
         pos, stop_line = self._tl_static
         return TrafficLights(
-            tls_id=list(self.lanes.tl_ids),
-            state=state,
+            tls_id=self.lanes.tl_ids,
+            state=self._tl_state,
             position=pos,
             stop_line=stop_line,
             from_lane=self.lanes.tl_from_lane,

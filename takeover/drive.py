@@ -149,6 +149,8 @@ def _drive_one(env: DrivingEnv, agent, rid: str, from_file: bool, seed: int, job
             if terminated or truncated:
                 break
         rec = env.record()
+        if not from_file:  # random routes are named by the job (stable across --resume)
+            rec["generated_route_id"], rec["route_id"] = rec["route_id"], rid
     except (SimulatorError, RouteFileError, ScenarioError) as exc:
         kind = "Simulation crashed" if isinstance(exc, SimulatorError) else "Route could not be set up"
         rec = _failed_record(rid, kind, exc, env)

@@ -1,0 +1,478 @@
+"""Tests for envs.driving_env.DrivingEnv on the embedded SUMO backend (libsumo).
+
+libsumo runs ONE simulation per process: every environment made here is closed by the `make_env`
+fixture, and a test only steps the environment it reset last.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import envs  # noqa: F401  (registers the gymnasium ids)
+from envs.driving_env import DrivingEnv
+from envs.maps.build import MapError
+from envs.route_graph import Piece, build_route, route_graph
+from envs.routes import RouteFileError, ScenarioSpec, parse_routes
+from envs.scenarios.base import ScenarioError
+from envs.scene import AgentKind, Route
+from envs.sumo_backend import SimulatorError
+from policies.base import make_agent
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+B2D = SHARED_DATA / "routes" / "bench2drive220_town01-05.xml"
+TOWN04 = SHARED_DATA / "carla" / "maps" / "Town04.xodr"
+
+SMALL_TRAFFIC = {"vehicles": 5, "pedestrians": 2}
+NO_CAMERA = {"enabled": False}
+
+
+def shared_data(test):
+    """Marks a test that reads ../shared/data (Town04 + the Bench2Drive routes); skipped when absent."""
+    present = B2D.is_file() and TOWN04.is_file()
+    return pytest.mark.shared_data(pytest.mark.skipif(not present, reason="../shared/data not present")(test))
+
+
+@pytest.fixture
+def make_env():
+    """make_env(**config) -> DrivingEnv; every environment made is closed at teardown."""
+    made: list[DrivingEnv] = []
+
+    def make(**cfg) -> DrivingEnv:
+        cfg = {"map": "urban_grid", "traffic": SMALL_TRAFFIC, "camera": NO_CAMERA, **cfg}
+        env = DrivingEnv(cfg)
+        made.append(env)
+        return env
+
+    yield make
+    for env in reversed(made):
+        env.close()
+
+
+def drive(env: DrivingEnv, agent, max_steps: int, on_step=None) -> tuple[bool, bool, dict, list[dict]]:
+    """Drive `agent` on the episode already reset; returns (terminated, truncated, last info, infractions)."""
+    agent.reset(env.route)
+    infractions: list[dict] = []
+    info: dict = {}
+    for _ in range(max_steps):
+        out = agent.act(env.observation(), env.scene if agent.privileged else None)
+        _, reward, terminated, truncated, info = env.step(out.control.as_array())
+        infractions += info["infractions"]
+        if on_step is not None and on_step(env, reward, info):
+            break
+        if terminated or truncated:
+            return terminated, truncated, info, infractions
+    return False, False, info, infractions
+
+
+def route_projection(route: Route, xy: np.ndarray) -> tuple[float, float]:
+    """(distance from xy to the nearest dense route point, route distance s of that point)."""
+    d = np.hypot(route.points[:, 0] - xy[0], route.points[:, 1] - xy[1])
+    k = int(np.argmin(d))
+    return float(d[k]), float(route.cum_length[k])
+
+
+def ego_s(env: DrivingEnv) -> float:
+    return float(env.route.cum_length[env.scene.route_index])
+
+
+# ------------------------------------------------------------------------------ gymnasium API
+@pytest.mark.parametrize(
+    "sensors",
+    [
+        pytest.param({}, id="camera"),
+        pytest.param({"camera": NO_CAMERA, "bev": {"enabled": True, "size": 96}}, id="bev-only"),
+    ],
+)
+def test_check_env(make_env, sensors):
+    env = make_env(**{"camera": {"enabled": True}, **sensors})
+    assert ("image" in env.observation_space.spaces) == ("camera" not in sensors)
+    assert ("bev" in env.observation_space.spaces) == ("bev" in sensors)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env.unwrapped)
+    # The only acceptable complaint: no spec (made directly, not through gymnasium.make).
+    msgs = [str(w.message) for w in caught if "render modes" not in str(w.message)]
+    assert not msgs, msgs
+    obs, _ = env.reset(seed=1)
+    assert env.observation_space.contains(obs)
+    if "bev" in sensors:
+        assert obs["bev"].shape == (96, 96, 3) and obs["bev"].any()
+    else:
+        assert obs["image"].shape == (128, 256, 3) and obs["image"].any()
+
+
+def test_gymnasium_make_with_kwargs():
+    env = gym.make("takeover/UrbanGrid-v0", traffic=SMALL_TRAFFIC, camera={"width": 64, "height": 32},
+                   max_ticks=300, render_mode="rgb_array")
+    try:
+        assert env.spec.id == "takeover/UrbanGrid-v0"
+        cfg = env.unwrapped.config
+        assert cfg.map == "urban_grid" and cfg.traffic.vehicles == 5 and cfg.max_ticks == 300
+        assert env.observation_space["image"].shape == (32, 64, 3)
+        obs, info = env.reset(seed=0)
+        assert env.observation_space.contains(obs)
+        assert info["status"] == "Running" and info["tick"] == 0
+        for _ in range(5):
+            obs, reward, terminated, truncated, info = env.step(np.array([0.5, 0.0, 0.0], np.float32))
+            assert env.observation_space.contains(obs) and np.isfinite(reward)
+        assert info["tick"] == 5 and not (terminated or truncated)
+        frame = env.render()
+        assert frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("env_id", ["takeover/Highway-v0", "takeover/Rural-v0"])
+def test_other_registered_maps(env_id):
+    env = gym.make(env_id, traffic={"vehicles": 3, "pedestrians": 0}, camera=NO_CAMERA)
+    try:
+        obs, _ = env.reset(seed=0)
+        for _ in range(10):
+            obs, *_ = env.step(np.array([0.4, 0.0, 0.0], np.float32))
+        assert env.observation_space.contains(obs) and obs["speed"][0] > 0.5
+    finally:
+        env.close()
+
+
+def test_gymnasium_make_unknown_key():
+    with pytest.raises(ValueError, match="bogus"):
+        gym.make("takeover/UrbanGrid-v0", bogus=1)
+
+
+# ------------------------------------------------------------------------------ determinism
+def _rollout(env: DrivingEnv, seed: int, actions: np.ndarray) -> dict:
+    obs, info = env.reset(seed=seed)
+    frames = [(obs["speed"].tobytes(), obs["target_points"].tobytes(), obs["image"].tobytes(),
+               obs["command"])]
+    poses, traffic = [], []
+    for a in actions:
+        obs, reward, terminated, truncated, info = env.step(a)
+        frames.append((obs["speed"].tobytes(), obs["target_points"].tobytes(), obs["image"].tobytes(),
+                       obs["command"], reward))
+        e = env.scene.ego
+        poses.append((e.x, e.y, e.yaw, e.speed))
+        traffic.append((tuple(env.scene.agents.ids), env.scene.agents.box.round(6).tobytes()))
+        assert not (terminated or truncated)
+    return {"route": info["route_id"], "route_points": env.route.points.copy(), "frames": frames,
+            "poses": poses, "traffic": traffic}
+
+
+def test_determinism(make_env):
+    rng = np.random.default_rng(0)
+    n = 100
+    actions = np.column_stack([rng.uniform(0.3, 0.8, n), np.zeros(n), rng.uniform(-0.1, 0.1, n)])
+    actions = actions.astype(np.float32)
+    cfg = {"camera": {"width": 128, "height": 64}}
+    env = make_env(**cfg)
+    a = _rollout(env, 7, actions)
+    b = _rollout(env, 7, actions)
+    assert a["route"] == b["route"]
+    assert np.array_equal(a["route_points"], b["route_points"])
+    assert a["frames"] == b["frames"]  # speed, target points, image bytes, command, reward
+    assert a["poses"] == b["poses"]
+    assert a["traffic"] == b["traffic"]
+    assert any(len(ids) for ids, _ in a["traffic"])  # there was traffic to compare
+    # Another seed: another route or other traffic.
+    c = _rollout(env, 8, actions)
+    assert c["route"] != a["route"] or c["traffic"] != a["traffic"]
+    # A fresh environment (same process, the first one closed) reproduces the episode too.
+    env.close()
+    d = _rollout(make_env(**cfg), 7, actions)
+    assert d["frames"] == a["frames"] and d["poses"] == a["poses"]
+
+
+# ------------------------------------------------------------------------------ errors
+def test_unknown_map(make_env):
+    with pytest.raises(MapError) as exc:
+        make_env(map="no_such_town")
+    for name in ("urban_grid", "highway", "rural"):
+        assert name in str(exc.value)
+
+
+def test_malformed_route_file(make_env, tmp_path):
+    bad = tmp_path / "bad.xml"
+    bad.write_text('<routes><route id="1" town="Town04"><waypoints><position x="1" y="2"')
+    with pytest.raises(RouteFileError, match="malformed"):
+        make_env(routes=str(bad))
+    nonnum = tmp_path / "nonnum.xml"
+    nonnum.write_text('<routes><route id="1"><waypoints><position x="a" y="2" z="0"/>'
+                      '<position x="3" y="4" z="0"/></waypoints></route></routes>')
+    with pytest.raises(RouteFileError, match="non-numeric"):
+        make_env(routes=str(nonnum))
+    with pytest.raises(RouteFileError, match="not found"):
+        make_env(routes=str(tmp_path / "missing.xml"))
+
+
+def test_unknown_route_id(make_env, tmp_path):
+    routes = tmp_path / "routes.xml"
+    routes.write_text('<routes><route id="r1" town="X"><waypoints><position x="0" y="0" z="0"/>'
+                      '<position x="10" y="0" z="0"/></waypoints></route></routes>')
+    with pytest.raises(RouteFileError, match=r"unknown route id\(s\) nope.*available: r1"):
+        make_env(routes=str(routes), route_ids=["nope"])
+    env = make_env(routes=str(routes))
+    with pytest.raises(RouteFileError, match="nope"):
+        env.reset(seed=0, options={"route_id": "nope"})
+
+
+def test_unknown_config_key(make_env):
+    with pytest.raises(ValueError, match="bogus"):
+        make_env(bogus=1)
+    with pytest.raises(ValueError, match="bogus"):
+        make_env(camera={"enabled": False, "bogus": 1})
+    with pytest.raises(ValueError, match="bogus"):
+        make_env(traffic={"vehicles": 1, "bogus": 1})
+
+
+def test_step_before_reset(make_env):
+    env = make_env()
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(env.action_space.sample())
+
+
+def test_scenario_unknown_parameter_via_options(make_env):
+    env = make_env()
+    env.reset(seed=0)
+    route = env.route
+    tp = env.lanes.world_to_carla(route.points[50])
+    spec = ScenarioSpec("HardBreakRoute_x", "HardBreakRoute", (float(tp[0]), float(tp[1]), 0.0, 0.0),
+                        {"bogus_param": {"value": "1"}})
+    with pytest.raises(ScenarioError, match="bogus_param") as exc:
+        env.reset(seed=0, options={"route": route, "scenarios": [spec]})
+    assert "lead_distance" in str(exc.value)  # names the parameters that are known
+
+
+def _write_route_xml(path: Path, route_id: str, waypoints: np.ndarray, scenario_xml: str) -> Path:
+    pos = "\n".join(f'        <position x="{x:.2f}" y="{y:.2f}" z="0.0"/>' for x, y in waypoints)
+    path.write_text(
+        '<?xml version="1.0" encoding="UTF-8"?>\n<routes>\n'
+        f'  <route id="{route_id}" town="Town04">\n    <waypoints>\n{pos}\n    </waypoints>\n'
+        f'    <scenarios>\n{scenario_xml}\n    </scenarios>\n  </route>\n</routes>\n'
+    )
+    return path
+
+
+def _b2d_route(route_id: str):
+    return next(s for s in parse_routes(B2D) if s.route_id == route_id)
+
+
+@shared_data
+def test_scenario_unknown_parameter_in_route_file(make_env, tmp_path):
+    spec = _b2d_route("26406")
+    x, y, _, yaw = spec.scenarios[0].trigger_point
+    xml = _write_route_xml(tmp_path / "bad_param.xml", "bad1", spec.waypoints, (
+        f'      <scenario name="HardBreakRoute_1" type="HardBreakRoute">\n'
+        f'        <trigger_point x="{x}" y="{y}" z="0.0" yaw="{yaw}"/>\n'
+        f'        <brake_strength value="11"/>\n'
+        f'      </scenario>'))
+    env = make_env(map=str(TOWN04), routes=str(xml))
+    with pytest.raises(ScenarioError, match="brake_strength") as exc:
+        env.reset(seed=0)
+    assert "bad1" in str(exc.value) and "HardBreakRoute" in str(exc.value)
+
+
+# ------------------------------------------------------------------------------ SUMO failures
+def test_sumo_crash_recovery(make_env):
+    env = make_env()
+    env.reset(seed=0)
+    for _ in range(5):
+        env.step(np.array([0.5, 0.0, 0.0], np.float32))
+    env.backend.ls.close()  # SUMO dies behind the environment's back
+    with pytest.raises(SimulatorError, match="SUMO failed"):
+        env.step(np.array([0.5, 0.0, 0.0], np.float32))
+    with pytest.raises(RuntimeError, match="reset"):  # the episode is over until reset
+        env.step(np.array([0.5, 0.0, 0.0], np.float32))
+    obs, info = env.reset(seed=1)
+    assert info["tick"] == 0 and env.backend.running
+    for _ in range(20):
+        obs, _, _, _, info = env.step(np.array([0.5, 0.0, 0.0], np.float32))
+    assert info["tick"] == 20 and obs["speed"][0] > 0.5 and env.observation_space.contains(obs)
+
+
+def test_second_env_takes_libsumo_over(make_env):
+    first = make_env()
+    first.reset(seed=0)
+    second = make_env()
+    second.reset(seed=1)
+    with pytest.raises(SimulatorError, match="one simulation per process"):
+        first.step(np.array([0.5, 0.0, 0.0], np.float32))
+    second.step(np.array([0.5, 0.0, 0.0], np.float32))  # the new owner is unaffected
+    first.reset(seed=0)  # and the first one can take it back
+    first.step(np.array([0.5, 0.0, 0.0], np.float32))
+    with pytest.raises(SimulatorError):
+        second.step(np.array([0.5, 0.0, 0.0], np.float32))
+
+
+# ------------------------------------------------------------------------------ episodes
+def test_constant_throttle_leaves_curvy_route(make_env):
+    env = make_env(map="rural")
+    env.reset(seed=0)
+    terminated, truncated, info, infractions = drive(env, make_agent("constant", throttle=0.6), 4000)
+    assert terminated and not truncated
+    assert info["status"].startswith("Failed")
+    assert info["completion"] < 99.0
+    types = {i["type"] for i in infractions}
+    assert types & {"route_dev", "collision_vehicle", "collision_static", "collision_pedestrian"}
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(env.action_space.sample())
+
+
+def test_lane_follow_completes_short_route(make_env):
+    env = make_env(random_route_length=(60.0, 100.0))
+    env.reset(seed=3)
+    terminated, truncated, info, _ = drive(env, make_agent("lane_follow"), 3000)
+    assert terminated and not truncated
+    assert info["status"] == "Completed" and info["completion"] >= 99.0
+    rec = env.record()
+    assert rec["status"] == "Completed" and rec["scores"]["score_route"] == 100.0
+
+
+def test_max_ticks_truncates(make_env):
+    env = make_env(max_ticks=50)
+    env.reset(seed=0)
+    for k in range(1, 51):
+        _, _, terminated, truncated, info = env.step(np.array([0.0, 1.0, 0.0], np.float32))
+        if k < 50:
+            assert not (terminated or truncated)
+    assert truncated and not terminated
+    assert info["status"] == "Failed - Agent timed out" and info["tick"] == 50
+    assert "route_timeout" in {i["type"] for i in info["infractions"]}
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(env.action_space.sample())
+
+
+# ------------------------------------------------------------------------------ collisions
+def _straight_route(lanes, length: float) -> Route:
+    """A route along the longest (nearly) straight drivable lane of the network."""
+    graph = route_graph(lanes)
+    best, best_len = -1, 0.0
+    for i in np.flatnonzero(lanes.drivable & ~lanes.is_internal):
+        d = np.diff(lanes.polyline(int(i)), axis=0)
+        if np.ptp(np.unwrap(np.arctan2(d[:, 1], d[:, 0]))) < 0.03 and graph.length[i] > best_len:
+            best, best_len = int(i), float(graph.length[i])
+    assert best_len >= length, f"no straight lane of {length} m"
+    return build_route(graph, [Piece(best, 0.0, length)], "straight")
+
+
+def test_collision_with_parked_obstacle(make_env):
+    env = make_env(map="highway", traffic={"vehicles": 0, "pedestrians": 0})
+    route = _straight_route(env.lanes, 200.0)
+    tp = env.lanes.world_to_carla(route.points[10 * Route.POINTS_PER_METER])  # trigger 10 m in
+    obstacle = ScenarioSpec("ParkedObstacle_t", "ParkedObstacle", (float(tp[0]), float(tp[1]), 0.0, 0.0),
+                            {"distance": {"value": "40"}})
+    env.reset(seed=0, options={"route": route, "scenarios": [obstacle]})
+    assert [sc.type_name for sc in env.scenarios] == ["ParkedObstacle"]
+    env.step(np.zeros(3, np.float32))  # SUMO inserts the parked vehicle on the next simulation step
+    agents = env.scene.agents
+    k = agents.index("sc_parked_obstacle")
+    assert agents.kind[k] == AgentKind.STATIC
+    lateral, s = route_projection(route, agents.box[k, :2])
+    assert lateral < 0.5 and s == pytest.approx(50.0, abs=3.0)
+
+    hits: list[tuple[float, dict]] = []
+
+    def on_step(env, reward, info):
+        hits.extend((reward, i) for i in info["infractions"] if i["type"] == "collision_static")
+        return bool(hits)
+
+    drive(env, make_agent("constant", throttle=0.7), 600, on_step=on_step)
+    assert hits, "the ego drove through the parked obstacle without a collision_static infraction"
+    reward, inf = hits[0]
+    assert inf["other_id"] == "sc_parked_obstacle" or "sc_parked_obstacle" in inf["message"]
+    assert reward < 0  # the collision penalty outweighs the progress of one tick
+    assert env.record()["infractions"]["collisions_layout"]
+
+
+# ------------------------------------------------------------------------------ scenarios (Town04)
+@pytest.fixture
+def town04_env(make_env):
+    return make_env(map=str(TOWN04), routes=str(B2D), route_ids=["26406", "27529"])
+
+
+@shared_data
+def test_hard_break_route_lead_brakes(town04_env):
+    env = town04_env
+    env.reset(seed=0, options={"route_id": "26406"})
+    (sc,) = env.scenarios
+    assert sc.type_name == "HardBreakRoute"
+    lead = sc.LEAD
+    ls = env.backend.ls
+    speeds: list[float] = []
+    trigger_step: list[int] = []
+
+    def on_step(env, reward, info):
+        if sc.status.triggered:
+            if not trigger_step:
+                trigger_step.append(info["tick"])
+            speeds.append(ls.vehicle.getSpeed(lead))
+            return len(speeds) >= 80
+        return False
+
+    drive(env, make_agent("lane_follow"), 400, on_step=on_step)
+    assert trigger_step, "the ego never reached the HardBreakRoute trigger"
+    assert lead in env.backend.vehicle_ids()
+    assert speeds[0] > 3.0  # the lead was moving at the trigger
+    stop = next((k for k, v in enumerate(speeds) if v < 0.1), None)
+    assert stop is not None and stop * 0.05 <= 3.0, speeds
+    assert max(speeds[stop:]) < 0.1  # and stays stopped (stop_duration 6 s)
+    # The lead is on the route, ahead of the ego.
+    lateral, s = route_projection(env.route, np.array(ls.vehicle.getPosition(lead)))
+    assert lateral < 1.0 and s > ego_s(env)
+
+
+@shared_data
+def test_pedestrian_crossing_enters_lane(town04_env):
+    env = town04_env
+    env.reset(seed=0, options={"route_id": "27529"})
+    (sc,) = env.scenarios
+    assert sc.type_name == "PedestrianCrossing"
+    in_lane: list[tuple[int, float]] = []
+
+    def walkers(env):
+        ag = env.scene.agents
+        return [k for k, a in enumerate(ag.ids) if a.startswith("sc_walker")]
+
+    def on_step(env, reward, info):
+        ag = env.scene.agents
+        ks = walkers(env)
+        assert ks and all(ag.kind[k] == AgentKind.PEDESTRIAN for k in ks)
+        for k in ks:
+            lateral, s = route_projection(env.route, ag.box[k, :2])
+            if lateral < 1.5 and s > ego_s(env):
+                assert sc.status.triggered, "a walker entered the lane before the trigger"
+                in_lane.append((info["tick"], lateral))
+        return bool(in_lane)
+
+    drive(env, make_agent("lane_follow"), 400, on_step=on_step)
+    assert sc.status.triggered and in_lane
+    tick, _ = in_lane[0]
+    assert (tick - sc.status.trigger_tick) * 0.05 < 10.0
+
+
+@shared_data
+def test_parked_obstacle_on_route(make_env, tmp_path):
+    spec = _b2d_route("26406")
+    x, y, _, yaw = spec.scenarios[0].trigger_point
+    xml = _write_route_xml(tmp_path / "parked.xml", "parked1", spec.waypoints, (
+        f'      <scenario name="ParkedObstacle_1" type="ParkedObstacle">\n'
+        f'        <trigger_point x="{x}" y="{y}" z="0.0" yaw="{yaw}"/>\n'
+        f'        <distance value="40"/>\n        <direction value="right"/>\n        <speed value="40"/>\n'
+        f'      </scenario>'))
+    env = make_env(map=str(TOWN04), routes=str(xml))
+    env.reset(seed=0)
+    (sc,) = env.scenarios
+    assert sc.type_name == "ParkedObstacle"
+    for _ in range(20):
+        env.step(np.array([0.3, 0.0, 0.0], np.float32))
+    agents = env.scene.agents
+    k = agents.index("sc_parked_obstacle")
+    assert agents.kind[k] == AgentKind.STATIC and agents.speed[k] == 0.0
+    lateral, s = route_projection(env.route, agents.box[k, :2])
+    assert lateral < 1.0
+    assert s == pytest.approx(sc.trigger_s + 40.0, abs=5.0)
+    assert s > ego_s(env) + 20.0
