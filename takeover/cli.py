@@ -92,7 +92,6 @@ def demo(
         num_random_routes=num_routes,
         video=True,
         traffic=TrafficConfig(vehicles=30, pedestrians=15),
-        max_ticks=1600,
     )
     run_drive(job)
     typer.echo(f"open {out}/summary.json, {out}/route_*.png and {out}/route_*.mp4")
