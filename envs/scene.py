@@ -157,7 +157,7 @@ class Route:
     lane: np.ndarray  # (R,) int32 LaneGraph index under each point
     speed_limit: np.ndarray  # (R,) m/s
     cum_length: np.ndarray  # (R,) metres from the start
-    # Sparse target points (the route's waypoints after mapping), as the leaderboard gives agents.
+    # Sparse target points (start, every command change, end, at most 50 m apart), as the leaderboard gives.
     target_points: np.ndarray  # (T, 2)
     target_commands: np.ndarray  # (T,) int8
     town: str = ""
