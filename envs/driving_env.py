@@ -125,6 +125,7 @@ class DrivingEnv(gym.Env):
         self._target_s = np.zeros(0)
         self._needs_reset = True
         self._scenario_pending: list = []
+        self._last_obs: dict | None = None
 
     # -------------------------------------------------------------------------------- gym API
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
@@ -166,7 +167,8 @@ class DrivingEnv(gym.Env):
         self.tracker.update(self.scene)
         self.scene.route_index = self.tracker.route_index
         self._needs_reset = False
-        return self._observe(), self._info([])
+        self._last_obs = self._observe()
+        return self._last_obs, self._info([])
 
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
         if self._needs_reset or self.scene is None:
@@ -202,15 +204,20 @@ class DrivingEnv(gym.Env):
         terminated = self.tracker.done and not truncated
         if terminated or truncated:
             self._needs_reset = True
-        return self._observe(), float(reward), terminated, truncated, self._info(new)
+        self._last_obs = self._observe()
+        return self._last_obs, float(reward), terminated, truncated, self._info(new)
 
     def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array" or self.scene is None:
             return None
         from envs.render import compose_frame
 
-        cam = self._camera.render(self.scene, self._raster) if self._camera else None
-        bev = self._bev.render(self.scene, self._raster) if self._bev else None
+        cam = self._last_obs.get("image") if self._last_obs else None  # the frame this tick already drew
+        if cam is None and self._camera:
+            cam = self._camera.render(self.scene, self._raster)
+        bev = self._last_obs.get("bev") if self._last_obs else None
+        if bev is None and self._bev:
+            bev = self._bev.render(self.scene, self._raster)
         t = self.tracker
         lines = [
             f"{self.route.route_id}  t={self.scene.time:5.1f}s  v={self.scene.ego.speed * 3.6:4.1f} km/h",
@@ -323,8 +330,10 @@ class DrivingEnv(gym.Env):
         return obs
 
     def observation(self) -> Observation:
-        """The last observation as the policy-facing `Observation` dataclass."""
-        o = self._observe()
+        """The last observation (as returned by reset/step) as the policy-facing `Observation` dataclass."""
+        if self._last_obs is None:
+            raise RuntimeError("call reset() before observation()")
+        o = self._last_obs
         return Observation(
             image=o.get("image"),
             speed=float(o["speed"][0]),

@@ -276,7 +276,7 @@ class MapRaster:
             mask(MapClass.ROAD, MapClass.LANE_WHITE, MapClass.LANE_YELLOW, MapClass.CROSSING),
         )
 
-        end, end_yaw = _lane_ends(points, offsets)
+        end, end_yaw = lanes.lane_ends()
         return cls(
             grid=grid,
             origin=np.array([x0, y0]),
@@ -376,14 +376,6 @@ def _lane_lengths(points: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     cum = np.cumsum(seg)
     start, end = offsets[:-1], np.maximum(offsets[1:] - 1, offsets[:-1])
     return cum[end] - cum[start]
-
-
-def _lane_ends(points: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    last = np.maximum(offsets[1:] - 1, 0)
-    prev = np.maximum(offsets[1:] - 2, offsets[:-1])
-    end = points[last].copy()
-    d = points[last] - points[prev]
-    return end, np.arctan2(d[:, 1], d[:, 0])
 
 
 def _has_opposite_left(lanes: LaneGraph, lane: int, length: float) -> bool:

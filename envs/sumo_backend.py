@@ -476,34 +476,12 @@ class SumoBackend:
 
     def _static_stop_signs(self) -> StopSigns:
         lanes = self.lanes
-        pos, line = [], []
-        for lane in lanes.stop_lanes:
-            p, seg = self._lane_end_line(int(lane))
-            pos.append(p)
-            line.append(seg)
-        if not pos:
+        if not len(lanes.stop_lanes):
             return StopSigns()
-        return StopSigns(
-            position=np.asarray(pos), stop_line=np.asarray(line), lane=np.asarray(lanes.stop_lanes, np.int32)
-        )
+        pos, line = lanes.stop_lines(lanes.stop_lanes)
+        return StopSigns(position=pos, stop_line=line, lane=np.asarray(lanes.stop_lanes, np.int32))
 
     def _static_light_geometry(self) -> tuple[np.ndarray, np.ndarray]:
-        pos, line = [], []
-        for lane in self.lanes.tl_from_lane:
-            p, seg = self._lane_end_line(int(lane))
-            pos.append(p)
-            line.append(seg)
-        if not pos:
+        if not len(self.lanes.tl_from_lane):
             return np.zeros((0, 2)), np.zeros((0, 2, 2))
-        return np.asarray(pos), np.asarray(line)
-
-    def _lane_end_line(self, lane: int) -> tuple[np.ndarray, np.ndarray]:
-        """The stop line across the end of a lane, and a point beside the lane where a sign/light stands."""
-        pl = self.lanes.polyline(lane)
-        end, prev = pl[-1], pl[-2] if len(pl) > 1 else pl[-1] - np.array([1.0, 0.0])
-        d = end - prev
-        d = d / (np.linalg.norm(d) or 1.0)
-        right = np.array([d[1], -d[0]])
-        hw = 0.5 * self.lanes.width[lane]
-        seg = np.stack([end + right * hw, end - right * hw])
-        return end + right * (hw + 1.0), seg
+        return self.lanes.stop_lines(self.lanes.tl_from_lane)

@@ -18,6 +18,7 @@ import numpy as np
 
 from envs.driving_env import DrivingEnv, EnvConfig
 from envs.infractions import summarize
+from envs.maps.build import MapError
 from envs.routes import RouteFileError, RouteSpec, parse_routes, select_routes
 from envs.scenarios.base import ScenarioError
 from envs.sumo_backend import SimulatorError, TrafficConfig
@@ -96,7 +97,18 @@ def drive(job: DriveJob) -> dict:
         )
         cfg.camera.width, cfg.camera.height = job.camera_size
         cfg.camera.enabled = not getattr(agent, "privileged", False) or job.video
-        env = DrivingEnv(cfg, render_mode="rgb_array" if job.video else None)
+        try:
+            env = DrivingEnv(cfg, render_mode="rgb_array" if job.video else None)
+        except (MapError, SimulatorError) as exc:
+            if specs is None:
+                raise
+            # One town's map failing must not cost the other towns: its routes are recorded as failed.
+            job.log(f"map {map_path} failed: {exc}")
+            for spec in specs:
+                rec = _failed_record(spec.route_id, "Map could not be loaded", exc, None)
+                (job.out / f"route_{spec.route_id}.json").write_text(json.dumps(rec, indent=1))
+                records.append(rec)
+            continue
         try:
             for k in range(n_routes):
                 rid = specs[k].route_id if specs else f"random-{job.seed + k}"
@@ -167,7 +179,7 @@ def _drive_one(env: DrivingEnv, agent, rid: str, from_file: bool, seed: int, job
     return rec
 
 
-def _failed_record(rid: str, kind: str, exc: Exception, env: DrivingEnv) -> dict:
+def _failed_record(rid: str, kind: str, exc: Exception, env: DrivingEnv | None) -> dict:
     rec = {
         "route_id": rid,
         "status": f"Failed - {kind}",
@@ -175,7 +187,7 @@ def _failed_record(rid: str, kind: str, exc: Exception, env: DrivingEnv) -> dict
         "scores": {"score_route": 0.0, "score_penalty": 1.0, "score_composed": 0.0},
         "infractions": {},
     }
-    if env.tracker is not None and env.route is not None and env.route.route_id == rid:
+    if env is not None and env.tracker is not None and env.route is not None and env.route.route_id == rid:
         partial = env.tracker.record()
         rec["partial"] = {
             "completion": partial["scores"]["score_route"],

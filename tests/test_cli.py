@@ -22,8 +22,22 @@ def test_help_lists_commands() -> None:
 
 def test_drive_writes_records_summary_figures_and_video(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    args = ["drive", "--map", "urban_grid", "--out", str(out), "--num-routes", "1", "--max-ticks", "120",
-            "--vehicles", "5", "--pedestrians", "2", "--video"]
+    args = [
+        "drive",
+        "--map",
+        "urban_grid",
+        "--out",
+        str(out),
+        "--num-routes",
+        "1",
+        "--max-ticks",
+        "120",
+        "--vehicles",
+        "5",
+        "--pedestrians",
+        "2",
+        "--video",
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     records = sorted(out.glob("route_*.json"))
@@ -61,8 +75,20 @@ def test_drive_routes_without_matching_map_is_an_error(tmp_path: Path) -> None:
         import pytest
 
         pytest.skip("../shared/data is absent")
-    res = runner.invoke(app, ["drive", "--map", str(SHARED / "carla" / "maps" / "Town04.xodr"), "--routes",
-                              str(routes), "--route-id", "24206", "--out", str(tmp_path)])
+    res = runner.invoke(
+        app,
+        [
+            "drive",
+            "--map",
+            str(SHARED / "carla" / "maps" / "Town04.xodr"),
+            "--routes",
+            str(routes),
+            "--route-id",
+            "24206",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert res.exit_code == 2
     assert "no route" in res.output and "Town03" in res.output
 
@@ -72,3 +98,43 @@ def test_shipped_env_config_loads() -> None:
 
     cfg = EnvConfig.from_yaml(Path(__file__).resolve().parents[1] / "configs" / "env_urban_grid.yaml")
     assert cfg.map == "urban_grid" and cfg.camera.width == 256 and cfg.traffic.vehicles == 40
+
+
+def test_drive_records_a_broken_town_per_route_and_goes_on(tmp_path: Path) -> None:
+    routes = SHARED / "routes" / "bench2drive220_town01-05.xml"
+    if not routes.is_file():
+        import pytest
+
+        pytest.skip("../shared/data is absent")
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    (maps / "Town01.xodr").write_bytes((SHARED / "carla" / "maps" / "Town01.xodr").read_bytes())
+    (maps / "Town04.xodr").write_text("<OpenDRIVE><header")  # truncated: not XML
+    out = tmp_path / "run"
+    res = runner.invoke(
+        app,
+        [
+            "drive",
+            "--map",
+            str(maps),
+            "--routes",
+            str(routes),
+            "--route-id",
+            "26406",
+            "--route-id",
+            "24781",
+            "--out",
+            str(out),
+            "--max-ticks",
+            "60",
+            "--vehicles",
+            "5",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    broken = json.loads((out / "route_26406.json").read_text())
+    assert broken["status"] == "Failed - Map could not be loaded"
+    assert "Town04.xodr" in broken["error"] and broken["scores"]["score_composed"] == 0.0
+    driven = json.loads((out / "route_24781.json").read_text())
+    assert driven["meta"]["ticks"] > 0
+    assert json.loads((out / "summary.json").read_text())["driving_score"] >= 0.0

@@ -261,15 +261,20 @@ def _b2d_route(route_id: str):
     return next(s for s in parse_routes(B2D) if s.route_id == route_id)
 
 
-@shared_data
-def test_scenario_unknown_parameter_in_route_file(make_env, tmp_path):
+def _route_26406_with(tmp_path, route_id: str, scenario_type: str, params_xml: str):
+    """Bench2Drive route 26406 (Town04) with one scenario of `scenario_type` at its trigger point."""
     spec = _b2d_route("26406")
     x, y, _, yaw = spec.scenarios[0].trigger_point
-    xml = _write_route_xml(tmp_path / "bad_param.xml", "bad1", spec.waypoints, (
-        f'      <scenario name="HardBreakRoute_1" type="HardBreakRoute">\n'
+    return _write_route_xml(tmp_path / f"{route_id}.xml", route_id, spec.waypoints, (
+        f'      <scenario name="{scenario_type}_1" type="{scenario_type}">\n'
         f'        <trigger_point x="{x}" y="{y}" z="0.0" yaw="{yaw}"/>\n'
-        f'        <brake_strength value="11"/>\n'
+        f'        {params_xml}\n'
         f'      </scenario>'))
+
+
+@shared_data
+def test_scenario_unknown_parameter_in_route_file(make_env, tmp_path):
+    xml = _route_26406_with(tmp_path, "bad1", "HardBreakRoute", '<brake_strength value="11"/>')
     env = make_env(map=str(TOWN04), routes=str(xml))
     with pytest.raises(ScenarioError, match="brake_strength") as exc:
         env.reset(seed=0)
@@ -456,13 +461,8 @@ def test_pedestrian_crossing_enters_lane(town04_env):
 
 @shared_data
 def test_parked_obstacle_on_route(make_env, tmp_path):
-    spec = _b2d_route("26406")
-    x, y, _, yaw = spec.scenarios[0].trigger_point
-    xml = _write_route_xml(tmp_path / "parked.xml", "parked1", spec.waypoints, (
-        f'      <scenario name="ParkedObstacle_1" type="ParkedObstacle">\n'
-        f'        <trigger_point x="{x}" y="{y}" z="0.0" yaw="{yaw}"/>\n'
-        f'        <distance value="40"/>\n        <direction value="right"/>\n        <speed value="40"/>\n'
-        f'      </scenario>'))
+    xml = _route_26406_with(tmp_path, "parked1", "ParkedObstacle",
+                            '<distance value="40"/><direction value="right"/><speed value="40"/>')
     env = make_env(map=str(TOWN04), routes=str(xml))
     env.reset(seed=0)
     (sc,) = env.scenarios

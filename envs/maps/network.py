@@ -173,6 +173,24 @@ class LaneGraph:
         ranked = sorted(best.items(), key=lambda kv: kv[1][0])
         return [(lane, v[1], v[2], v[3]) for lane, v in ranked]
 
+    def lane_ends(self) -> tuple[np.ndarray, np.ndarray]:
+        """Last centre point (L, 2) and heading of the last segment (L,) of every lane."""
+        last = np.maximum(self.offsets[1:] - 1, 0)
+        prev = np.maximum(self.offsets[1:] - 2, self.offsets[:-1])
+        d = self.points[last] - self.points[prev]
+        return self.points[last].copy(), np.arctan2(d[:, 1], d[:, 0])
+
+    def stop_lines(self, lanes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For lanes ending at a stop (light or sign): where the pole stands, 1 m right of the lane's
+        end (K, 2), and the stop line across the lane's end (K, 2, 2)."""
+        lanes = np.asarray(lanes, np.int64)
+        end, yaw = self.lane_ends()
+        end, yaw = end[lanes], yaw[lanes]
+        right = np.stack([np.sin(yaw), -np.cos(yaw)], axis=1)
+        hw = 0.5 * self.width[lanes][:, None]
+        line = np.stack([end + right * hw, end - right * hw], axis=1)
+        return end + right * (hw + 1.0), line
+
     def position_on_lane(self, lane: int, s: float) -> tuple[float, float, float]:
         """(x, y, yaw) at arc length s along the lane centre (clamped to the lane)."""
         pl = self.polyline(lane)
