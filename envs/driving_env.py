@@ -359,7 +359,3 @@ class DrivingEnv(gym.Env):
             "infractions": [inf.as_dict() for inf in new],
         }
 
-
-def default_maps_dir() -> Path:
-    """../shared/data/carla/maps beside the repository (where the CARLA towns are, when present)."""
-    return Path(__file__).resolve().parents[2] / "shared" / "data" / "carla" / "maps"

@@ -338,14 +338,6 @@ class SumoBackend:
         edges = {lanes.edge_of_lane[i] for i in np.flatnonzero(lanes.drivable & ~lanes.is_internal)}
         return sorted(edges)
 
-    def _edge_midpoint(self, edge: str) -> np.ndarray:
-        lanes = self.lanes
-        for i, e in enumerate(lanes.edge_of_lane):
-            if e == edge:
-                pl = lanes.polyline(i)
-                return pl[len(pl) // 2]
-        return np.zeros(2)
-
     def _select_spawn_area(self, route: Route) -> None:
         """Edges whose midpoint lies within spawn_radius of the route: traffic is kept where it matters."""
         lanes = self.lanes
