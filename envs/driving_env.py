@@ -174,6 +174,8 @@ class DrivingEnv(gym.Env):
         if self._needs_reset or self.scene is None:
             raise RuntimeError("call reset() before step() (the last episode ended or the simulator failed)")
         a = np.clip(np.asarray(action, dtype=np.float64), self.action_space.low, self.action_space.high)
+        for sc in self.scenarios:
+            a = sc.perturb_control(a, self.scene)
         ego = self.dynamics.step(self.scene.ego, float(a[0]), float(a[1]), float(a[2]))
         try:
             self.backend.step(ego)

@@ -7,9 +7,9 @@ and a CARLA backend share it, so both are scored by the same code. What it check
   starting at the last index, so progress is monotonic; completion = progress length / route length.
   Progress only advances while the ego is within `off_route_distance` of the route.
 - Collisions: oriented-box overlap of the ego with every agent. Pedestrians -> collisions_pedestrian;
-  vehicles, bicycles and emergency vehicles -> collisions_vehicle (CARLA's bicycles are vehicles);
-  `AgentKind.STATIC` -> collisions_layout. The same agent counts again only after the two have been
-  apart for at least `collision_debounce_s` (1 s).
+  vehicles, bicycles, emergency and parked vehicles -> collisions_vehicle (CARLA's bicycles and parked
+  cars are vehicles); `AgentKind.STATIC` and `AgentKind.CONE` props -> collisions_layout. The same agent
+  counts again only after the two have been apart for at least `collision_debounce_s` (1 s).
 - Red light: the ego's front-centre point crossing, in the lane's direction, the stop line of a
   signalised link (`scene.lights`) whose state is RED at that tick. When the links of the crossed lane
   disagree (e.g. a protected turn), the via lane is taken from the route, else from the via lane the
@@ -506,7 +506,7 @@ class InfractionTracker:
                 kind = AgentKind.VEHICLE  # an unknown kind is scored as a vehicle, as CARLA's actors would
             if kind == AgentKind.PEDESTRIAN:
                 t = InfractionType.COLLISION_PEDESTRIAN
-            elif kind == AgentKind.STATIC:
+            elif kind in (AgentKind.STATIC, AgentKind.CONE):
                 t = InfractionType.COLLISION_STATIC
             else:
                 t = InfractionType.COLLISION_VEHICLE

@@ -42,10 +42,12 @@ KIND_COLORS = np.array(
         (30, 160, 160),  # BICYCLE
         (235, 125, 25),  # STATIC
         (220, 30, 30),  # EMERGENCY
+        (110, 110, 120),  # PARKED_VEHICLE
+        (250, 95, 10),  # CONE
     ],
     dtype=np.float64,
 )
-KIND_HEIGHTS = np.array([1.5, 1.8, 1.7, 1.0, 2.4])  # used when Agents.height is 0
+KIND_HEIGHTS = np.array([1.5, 1.8, 1.7, 1.0, 2.4, 1.5, 0.7])  # used when Agents.height is 0
 LIGHT_COLORS = np.array([(255, 40, 30), (255, 190, 0), (40, 230, 90), (60, 60, 60)], dtype=np.float64)
 SKY_TOP = np.array([95.0, 145.0, 215.0])
 HAZE = np.array([196.0, 206.0, 216.0])
@@ -58,6 +60,8 @@ BEV_KIND_COLORS = np.array(
         (0, 220, 220),  # BICYCLE
         (255, 150, 0),  # STATIC
         (255, 40, 40),  # EMERGENCY
+        (150, 150, 190),  # PARKED_VEHICLE
+        (255, 230, 0),  # CONE
     ],
     dtype=np.float64,
 )

@@ -24,8 +24,10 @@ class AgentKind(IntEnum):
     VEHICLE = 0
     PEDESTRIAN = 1
     BICYCLE = 2
-    STATIC = 3  # parked cars, cones, accident debris, construction
+    STATIC = 3  # static props: debris, advertisement boards, containers (collisions count as layout)
     EMERGENCY = 4
+    PARKED_VEHICLE = 5  # parked or crashed vehicles (collisions count as vehicle collisions, as in CARLA)
+    CONE = 6  # traffic cones, warning triangles, construction barriers (collisions count as layout)
 
 
 class LightState(IntEnum):

@@ -82,6 +82,7 @@ class SumoBackend:
         self._rng = np.random.default_rng(0)
         self.kind_override: dict[str, int] = {}  # SUMO ids driven by scenarios with a Scene kind
         self.color_override: dict[str, tuple[int, int, int]] = {}
+        self.hidden: set[str] = set()  # SUMO vehicles kept out of the Scene (lane blockers under props)
         self._edge_lanes = self._drivable_edges()
         self._walk_edges = sorted({lanes.edge_of_lane[i] for i in np.flatnonzero(lanes.is_sidewalk)})
         self._tls_ids = sorted(set(lanes.tl_ids))
@@ -140,6 +141,7 @@ class SumoBackend:
         self._rng = np.random.default_rng(seed)
         self.kind_override.clear()
         self.color_override.clear()
+        self.hidden.clear()
         self._counter = 0
         self.tick = 0
         self._tl_last_strings = ()
@@ -199,6 +201,8 @@ class SumoBackend:
         merged = dict(ls.vehicle.getContextSubscriptionResults(EGO_ID) or {})
         merged.update(ls.person.getContextSubscriptionResults(EGO_ID) or {})
         veh = {k: v for k, v in merged.items() if tc.VAR_LENGTH in v and k != EGO_ID}
+        if self.hidden:
+            veh = {k: v for k, v in veh.items() if k not in self.hidden}
         per = {k: v for k, v in merged.items() if tc.VAR_LENGTH not in v}
         ids = list(veh)
         n_v, n_p = len(ids), len(per)
@@ -290,20 +294,32 @@ class SumoBackend:
         vclass: str = "passenger",
         kind: int | None = None,
         color: tuple[int, int, int] | None = None,
+        length: float | None = None,
+        max_speed: float | None = None,
     ) -> None:
-        """Insert a vehicle for a scenario at `pos` metres on lane `lane` of the first edge."""
+        """Insert a vehicle for a scenario at `pos` metres (front bumper) on lane `lane` of the first edge,
+        driving along `edges`. `vclass` is a SUMO vehicle class (passenger, bicycle, emergency, ...);
+        `length` overrides the class's length; `max_speed` caps its speed (m/s)."""
         self._check()
         ls = self.ls
         rid = f"route_{vid}"
         ls.route.add(rid, edges)
         vtype = "DEFAULT_VEHTYPE"
-        if vclass != "passenger":
-            vtype = f"type_{vclass}"
+        if vclass != "passenger" or length is not None:
+            vtype = f"type_{vclass}" + (f"_{length:.1f}" if length is not None else "")
             if vtype not in ls.vehicletype.getIDList():
                 ls.vehicletype.copy("DEFAULT_VEHTYPE", vtype)
                 ls.vehicletype.setVehicleClass(vtype, vclass)
+                if vclass == "bicycle":
+                    ls.vehicletype.setLength(vtype, 1.8)
+                    ls.vehicletype.setWidth(vtype, 0.65)
+                    ls.vehicletype.setMinGap(vtype, 0.5)
                 if vclass == "emergency":
                     ls.vehicletype.setParameter(vtype, "has.bluelight.device", "true")
+                    ls.vehicletype.setLength(vtype, 6.5)
+                    ls.vehicletype.setWidth(vtype, 2.2)
+                if length is not None:
+                    ls.vehicletype.setLength(vtype, float(length))
         ls.vehicle.add(
             vid,
             rid,
@@ -312,21 +328,52 @@ class SumoBackend:
             departPos=str(max(pos, 0.0)),
             departSpeed=str(max(speed, 0.0)),
         )
+        if max_speed is not None:
+            ls.vehicle.setMaxSpeed(vid, float(max_speed))
         if kind is not None:
             self.kind_override[vid] = kind
         if color is not None:
             self.color_override[vid] = color
             ls.vehicle.setColor(vid, (*color, 255))
 
-    def park_vehicle(self, vid: str, lane_id: str, pos: float) -> None:
-        """A stopped vehicle occupying the lane (SUMO traffic treats it as an obstacle)."""
+    def park_vehicle(
+        self,
+        vid: str,
+        lane_id: str,
+        pos: float,
+        kind: int = AgentKind.PARKED_VEHICLE,
+        length: float | None = None,
+        color: tuple[int, int, int] | None = None,
+        hidden: bool = False,
+    ) -> None:
+        """A stopped vehicle occupying the lane at `pos` (its front bumper) that SUMO traffic treats as an
+        obstacle. `hidden` keeps it out of the Scene: a blocker under props the scenario draws itself."""
         self._check()
-        edge = self.lanes.edge_of_lane[self.lanes.lane(lane_id)]
-        lane_index = int(self.lanes.lane_index[self.lanes.lane(lane_id)])
-        self.add_vehicle(vid, [edge], lane_index, pos, 0.0, kind=AgentKind.STATIC)
+        lane = self.lanes.lane(lane_id)
+        edge = self.lanes.edge_of_lane[lane]
+        pos = float(np.clip(pos, 0.1, self.lanes.length[lane] - 0.1))
+        self.add_vehicle(vid, [edge], int(self.lanes.lane_index[lane]), pos, 0.0, kind=kind, color=color,
+                         length=length)
         self.ls.vehicle.setSpeedMode(vid, 0)
         self.ls.vehicle.setLaneChangeMode(vid, 0)
         self.ls.vehicle.setSpeed(vid, 0.0)
+        if hidden:
+            self.hidden.add(vid)
+
+    def remove_vehicles_near(self, xy: np.ndarray, radius: float, prefix: str = "bg") -> int:
+        """Remove background vehicles (ids starting with `prefix`) within `radius` of any point in `xy`
+        (K, 2), as Bench2Drive's background manager clears the area a scenario plays in."""
+        self._check()
+        pts = np.atleast_2d(np.asarray(xy, np.float64))
+        removed = 0
+        for vid in self.ls.vehicle.getIDList():
+            if not vid.startswith(prefix):
+                continue
+            p = np.asarray(self.ls.vehicle.getPosition(vid))
+            if np.min(np.hypot(pts[:, 0] - p[0], pts[:, 1] - p[1])) <= radius:
+                self.ls.vehicle.remove(vid)
+                removed += 1
+        return removed
 
     def vehicle_ids(self) -> tuple[str, ...]:
         self._check()

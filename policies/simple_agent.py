@@ -51,7 +51,7 @@ PAD_METRES = 30.0  # straight extension past the route end, so paths and lookahe
 
 _Add = Callable[[float, float, float, float, int, 'str | None'], None]
 
-# Constraint kinds beyond AgentKind (0..4).
+# Constraint kinds beyond AgentKind (0..6).
 RED_LIGHT, YELLOW_LIGHT, STOP_SIGN, ROUTE_END = 10, 11, 12, 13
 _REASONS = {
     int(AgentKind.VEHICLE): " to stay behind the vehicle",
@@ -59,6 +59,8 @@ _REASONS = {
     int(AgentKind.BICYCLE): " to stay behind the bicycle",
     int(AgentKind.STATIC): " because of the obstacle",
     int(AgentKind.EMERGENCY): " to stay behind the emergency vehicle",
+    int(AgentKind.PARKED_VEHICLE): " because of the parked vehicle",
+    int(AgentKind.CONE): " because of the cones",
     RED_LIGHT: " because of the red light",
     YELLOW_LIGHT: " because of the yellow light",
     STOP_SIGN: " because of the stop sign",
@@ -67,7 +69,8 @@ _REASONS = {
 _CAUSE_NAMES = {
     int(AgentKind.VEHICLE): "vehicle", int(AgentKind.PEDESTRIAN): "pedestrian",
     int(AgentKind.BICYCLE): "bicycle", int(AgentKind.STATIC): "static",
-    int(AgentKind.EMERGENCY): "emergency", RED_LIGHT: "red_light", YELLOW_LIGHT: "yellow_light",
+    int(AgentKind.EMERGENCY): "emergency", int(AgentKind.PARKED_VEHICLE): "parked_vehicle",
+    int(AgentKind.CONE): "cone", RED_LIGHT: "red_light", YELLOW_LIGHT: "yellow_light",
     STOP_SIGN: "stop_sign", ROUTE_END: "route_end",
 }
 

@@ -375,22 +375,22 @@ def test_collision_with_parked_obstacle(make_env):
     env.step(np.zeros(3, np.float32))  # SUMO inserts the parked vehicle on the next simulation step
     agents = env.scene.agents
     k = agents.index("sc_parked_obstacle")
-    assert agents.kind[k] == AgentKind.STATIC
+    assert agents.kind[k] == AgentKind.PARKED_VEHICLE
     lateral, s = route_projection(route, agents.box[k, :2])
     assert lateral < 0.5 and s == pytest.approx(50.0, abs=3.0)
 
     hits: list[tuple[float, dict]] = []
 
     def on_step(env, reward, info):
-        hits.extend((reward, i) for i in info["infractions"] if i["type"] == "collision_static")
+        hits.extend((reward, i) for i in info["infractions"] if i["type"] == "collision_vehicle")
         return bool(hits)
 
     drive(env, make_agent("constant", throttle=0.7), 600, on_step=on_step)
-    assert hits, "the ego drove through the parked obstacle without a collision_static infraction"
+    assert hits, "the ego drove through the parked obstacle without a collision_vehicle infraction"
     reward, inf = hits[0]
     assert inf["other_id"] == "sc_parked_obstacle" or "sc_parked_obstacle" in inf["message"]
     assert reward < 0  # the collision penalty outweighs the progress of one tick
-    assert env.record()["infractions"]["collisions_layout"]
+    assert env.record()["infractions"]["collisions_vehicle"]
 
 
 # ------------------------------------------------------------------------------ scenarios (Town04)
@@ -471,7 +471,7 @@ def test_parked_obstacle_on_route(make_env, tmp_path):
         env.step(np.array([0.3, 0.0, 0.0], np.float32))
     agents = env.scene.agents
     k = agents.index("sc_parked_obstacle")
-    assert agents.kind[k] == AgentKind.STATIC and agents.speed[k] == 0.0
+    assert agents.kind[k] == AgentKind.PARKED_VEHICLE and agents.speed[k] == 0.0
     lateral, s = route_projection(env.route, agents.box[k, :2])
     assert lateral < 1.0
     assert s == pytest.approx(sc.trigger_s + 40.0, abs=5.0)

@@ -55,6 +55,9 @@ class ScenarioStatus:
         }
 
 
+SCENARIO_TIMEOUT_S = 180.0  # leaderboard 2.0's default scenario timeout
+
+
 class Scenario:
     """Base class. Subclasses set `type_name`, `defaults` (every accepted parameter) and override hooks."""
 
@@ -62,6 +65,10 @@ class Scenario:
     defaults: ClassVar[dict[str, str]] = {}
     # Parameters Bench2Drive files carry that this implementation accepts but does not use.
     ignored: ClassVar[tuple[str, ...]] = ()
+    # One line on what this implementation does differently from CARLA's scenario-runner (README table).
+    differs_from_carla: ClassVar[str] = ""
+    # Seconds after the trigger at which the scenario shows itself best (the gallery renders then).
+    key_moment_s: ClassVar[float] = 3.0
 
     def __init__(self, spec: object, ctx: ScenarioContext):
         self.spec = spec
@@ -85,6 +92,10 @@ class Scenario:
         """Agents this scenario moves itself (not in the backend's traffic)."""
         return Agents()
 
+    def perturb_control(self, action: np.ndarray, scene: Scene) -> np.ndarray:
+        """Change the ego's [throttle, brake, steer] before it is applied (ControlLoss); default: as is."""
+        return action
+
     # -------------------------------------------------------------------------------- helpers
     def update(self, scene: Scene) -> None:
         if not self.status.triggered and self.ego_s(scene) >= self.trigger_s:
@@ -95,6 +106,55 @@ class Scenario:
 
     def ego_s(self, scene: Scene) -> float:
         return float(self.ctx.route.cum_length[scene.route_index])
+
+    def seconds_since_trigger(self, scene: Scene) -> float:
+        if not self.status.triggered:
+            return -1.0
+        return (scene.tick - (self.status.trigger_tick or 0)) * scene.dt
+
+    def check_timeout(self, scene: Scene, passed: bool, timeout_s: float = SCENARIO_TIMEOUT_S,
+                      what: str = "get past the scenario") -> None:
+        """Scenario-runner's ScenarioTimeoutTest: once triggered, the ego has `timeout_s` to get past
+        (`passed`); otherwise a scenario_timeout infraction is reported, once."""
+        if not self.status.triggered or getattr(self, "_timeout_settled", False):
+            return
+        if passed:
+            self._timeout_settled = True
+            self.status.notes.append(f"ego managed to {what}")
+        elif self.seconds_since_trigger(scene) > timeout_s:
+            self._timeout_settled = True
+            self.ctx.report("scenario_timeout", f"{self.name}: ego did not {what} within {timeout_s:.0f} s",
+                            scene)
+
+    def lane_position(self, s: float) -> tuple[list[str], int, float, int]:
+        """(edges from there to the route's end, lane index in edge, position on lane, dense index) at
+        route distance s, moved forward out of a junction when s falls inside one."""
+        lanes = self.ctx.lanes
+        route = self.ctx.route
+        idx, _, _ = self.route_point(s)
+        while idx < len(route.points) - 1 and (route.lane[idx] < 0 or lanes.is_internal[route.lane[idx]]):
+            idx += 1
+        lane = int(route.lane[idx])
+        if lane < 0 or lanes.is_internal[lane]:
+            raise ScenarioError(f"route {self.ctx.route_id}: no lane to place scenario {self.name} on")
+        x, y = route.points[idx]
+        pos = 0.0
+        for cand, _dist, s_lane, _yaw in lanes.nearest_lanes(float(x), float(y), radius=4.0):
+            if cand == lane:
+                pos = s_lane
+                break
+        edges: list[str] = []
+        for li in route.lane[idx:]:
+            if li >= 0 and not lanes.is_internal[li]:
+                e = lanes.edge_of_lane[li]
+                if not edges or edges[-1] != e:
+                    edges.append(e)
+        return edges, int(lanes.lane_index[lane]), pos, idx
+
+    def route_lane_at(self, s: float) -> tuple[int, float]:
+        """(LaneGraph lane, position along it) of the route's normal lane at or after route distance s."""
+        _, _, pos, idx = self.lane_position(s)
+        return int(self.ctx.route.lane[idx]), pos
 
     def param(self, key: str) -> str:
         return self.params[key]
@@ -170,9 +230,24 @@ def register_scenario(cls: type[Scenario]) -> type[Scenario]:
     return cls
 
 
-def build_scenarios(specs: list, ctx: ScenarioContext) -> list[Scenario]:
-    import envs.scenarios.library  # noqa: F401  (registers the implemented types)
+LIBRARY_MODULES = (
+    "envs.scenarios.obstacles",
+    "envs.scenarios.crossings",
+    "envs.scenarios.junctions",
+    "envs.scenarios.vehicles",
+)
 
+
+def load_library() -> None:
+    """Import the modules that register the implemented scenario types."""
+    import importlib
+
+    for mod in LIBRARY_MODULES:
+        importlib.import_module(mod)
+
+
+def build_scenarios(specs: list, ctx: ScenarioContext) -> list[Scenario]:
+    load_library()
     out: list[Scenario] = []
     for spec in specs:
         cls = SCENARIOS.get(getattr(spec, "type", ""))
