@@ -13,72 +13,26 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+from helpers import (
+    B2D,
+    NO_CAMERA,
+    SMALL_TRAFFIC,
+    TOWN04,
+    drive,
+    ego_s,
+    route_projection,
+    shared_data,
+    straight_route,
+)
 
 import envs  # noqa: F401  (registers the gymnasium ids)
 from envs.driving_env import DrivingEnv
 from envs.maps.build import MapError
-from envs.route_graph import Piece, build_route, route_graph
 from envs.routes import RouteFileError, ScenarioSpec, parse_routes
 from envs.scenarios.base import ScenarioError
 from envs.scene import AgentKind, Route
 from envs.sumo_backend import SimulatorError
 from policies.base import make_agent
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-B2D = SHARED_DATA / "routes" / "bench2drive220_town01-05.xml"
-TOWN04 = SHARED_DATA / "carla" / "maps" / "Town04.xodr"
-
-SMALL_TRAFFIC = {"vehicles": 5, "pedestrians": 2}
-NO_CAMERA = {"enabled": False}
-
-
-def shared_data(test):
-    """Marks a test that reads ../shared/data (Town04 + the Bench2Drive routes); skipped when absent."""
-    present = B2D.is_file() and TOWN04.is_file()
-    return pytest.mark.shared_data(pytest.mark.skipif(not present, reason="../shared/data not present")(test))
-
-
-@pytest.fixture
-def make_env():
-    """make_env(**config) -> DrivingEnv; every environment made is closed at teardown."""
-    made: list[DrivingEnv] = []
-
-    def make(**cfg) -> DrivingEnv:
-        cfg = {"map": "urban_grid", "traffic": SMALL_TRAFFIC, "camera": NO_CAMERA, **cfg}
-        env = DrivingEnv(cfg)
-        made.append(env)
-        return env
-
-    yield make
-    for env in reversed(made):
-        env.close()
-
-
-def drive(env: DrivingEnv, agent, max_steps: int, on_step=None) -> tuple[bool, bool, dict, list[dict]]:
-    """Drive `agent` on the episode already reset; returns (terminated, truncated, last info, infractions)."""
-    agent.reset(env.route)
-    infractions: list[dict] = []
-    info: dict = {}
-    for _ in range(max_steps):
-        out = agent.act(env.observation(), env.scene if agent.privileged else None)
-        _, reward, terminated, truncated, info = env.step(out.control.as_array())
-        infractions += info["infractions"]
-        if on_step is not None and on_step(env, reward, info):
-            break
-        if terminated or truncated:
-            return terminated, truncated, info, infractions
-    return False, False, info, infractions
-
-
-def route_projection(route: Route, xy: np.ndarray) -> tuple[float, float]:
-    """(distance from xy to the nearest dense route point, route distance s of that point)."""
-    d = np.hypot(route.points[:, 0] - xy[0], route.points[:, 1] - xy[1])
-    k = int(np.argmin(d))
-    return float(d[k]), float(route.cum_length[k])
-
-
-def ego_s(env: DrivingEnv) -> float:
-    return float(env.route.cum_length[env.scene.route_index])
 
 
 # ------------------------------------------------------------------------------ gymnasium API
@@ -352,21 +306,9 @@ def test_max_ticks_truncates(make_env):
 
 
 # ------------------------------------------------------------------------------ collisions
-def _straight_route(lanes, length: float) -> Route:
-    """A route along the longest (nearly) straight drivable lane of the network."""
-    graph = route_graph(lanes)
-    best, best_len = -1, 0.0
-    for i in np.flatnonzero(lanes.drivable & ~lanes.is_internal):
-        d = np.diff(lanes.polyline(int(i)), axis=0)
-        if np.ptp(np.unwrap(np.arctan2(d[:, 1], d[:, 0]))) < 0.03 and graph.length[i] > best_len:
-            best, best_len = int(i), float(graph.length[i])
-    assert best_len >= length, f"no straight lane of {length} m"
-    return build_route(graph, [Piece(best, 0.0, length)], "straight")
-
-
 def test_collision_with_parked_obstacle(make_env):
     env = make_env(map="highway", traffic={"vehicles": 0, "pedestrians": 0})
-    route = _straight_route(env.lanes, 200.0)
+    route = straight_route(env.lanes, 200.0)
     tp = env.lanes.world_to_carla(route.points[10 * Route.POINTS_PER_METER])  # trigger 10 m in
     obstacle = ScenarioSpec("ParkedObstacle_t", "ParkedObstacle", (float(tp[0]), float(tp[1]), 0.0, 0.0),
                             {"distance": {"value": "40"}})
