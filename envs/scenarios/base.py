@@ -96,6 +96,28 @@ class Scenario:
         """Change the ego's [throttle, brake, steer] before it is applied (ControlLoss); default: as is."""
         return action
 
+    # ------------------------------------------------------------------------ training sampler
+    @classmethod
+    def candidate_triggers(cls, route: Route, lanes: object) -> np.ndarray:
+        """Route distances (m) where this type's trigger point may be placed on `route` (the sampler
+        draws from them). Default: every 5 m on a normal (non-junction) lane, with 30 m of route before
+        and 150 m after. Types that need a junction, a two-way road, a side lane, ... override this."""
+        s = np.arange(30.0, max(route.length - 150.0, 30.0), 5.0)
+        if len(s) == 0 or route.length < 180.0:
+            return np.zeros(0)
+        idx = np.clip(np.searchsorted(route.cum_length, s), 0, len(route.points) - 1)
+        lane = np.asarray(route.lane)[idx]
+        ok = lane >= 0
+        ok[ok] &= ~np.asarray(lanes.is_internal)[lane[ok]]
+        return s[ok]
+
+    @classmethod
+    def sample_params(cls, rng: np.random.Generator) -> dict[str, dict[str, str]]:
+        """Parameters for a sampled instance, in route-file form ({tag: {"value": ...}} or
+        {tag: {"from": .., "to": ..}}), drawn from the ranges Bench2Drive's routes use. Default: none
+        (the type's defaults apply)."""
+        return {}
+
     # -------------------------------------------------------------------------------- helpers
     def update(self, scene: Scene) -> None:
         if not self.status.triggered and self.ego_s(scene) >= self.trigger_s:
@@ -175,6 +197,8 @@ class Scenario:
         return idx, route.points[idx], float(route.yaw[idx])
 
     def _read_params(self, raw: dict) -> dict[str, str]:
+        """Parameters as strings: `<tag value="v"/>` -> "v"; `<tag from="a" to="b"/>` -> "a,b";
+        `<tag x=".." y=".." z=".."/>` -> "x,y,z" (CARLA coordinates)."""
         params = dict(self.defaults)
         for key, attrs in raw.items():
             if key in self.ignored:
@@ -185,8 +209,39 @@ class Scenario:
                     f"route {self.ctx.route_id}: scenario {getattr(self.spec, 'name', '?')} "
                     f"({self.type_name}) has unknown parameter {key!r}; known parameters: {known}"
                 )
-            params[key] = attrs.get("value", "") if isinstance(attrs, dict) else str(attrs)
+            if not isinstance(attrs, dict):
+                params[key] = str(attrs)
+            elif "value" in attrs:
+                params[key] = attrs["value"]
+            elif "from" in attrs and "to" in attrs:
+                params[key] = f"{attrs['from']},{attrs['to']}"
+            elif "x" in attrs and "y" in attrs:
+                params[key] = f"{attrs['x']},{attrs['y']},{attrs.get('z', '0')}"
+            else:
+                params[key] = ""
         return params
+
+    def _numbers(self, key: str, count: int, what: str) -> tuple[float, ...]:
+        try:
+            values = tuple(float(v) for v in self.params[key].split(","))
+        except ValueError:
+            values = ()
+        if len(values) != count:
+            raise ScenarioError(
+                f"route {self.ctx.route_id}: scenario {self.name} ({self.type_name}) parameter {key!r} "
+                f"must be {what}, got {self.params[key]!r}"
+            )
+        return values
+
+    def interval_param(self, key: str) -> tuple[float, float]:
+        """A `<tag from=".." to=".."/>` parameter as (low, high)."""
+        lo, hi = self._numbers(key, 2, "an interval (from, to)")
+        return min(lo, hi), max(lo, hi)
+
+    def location_param(self, key: str) -> np.ndarray:
+        """A `<tag x=".." y=".." z=".."/>` parameter (CARLA coordinates) as a world-frame (x, y)."""
+        x, y, _z = self._numbers(key, 3, "a location (x, y, z)")
+        return self.ctx.lanes.carla_to_world(np.array([x, y], dtype=np.float64))
 
     def _project_trigger(self, spec: object) -> tuple[int, float]:
         route = self.ctx.route
@@ -234,6 +289,7 @@ LIBRARY_MODULES = (
     "envs.scenarios.obstacles",
     "envs.scenarios.crossings",
     "envs.scenarios.junctions",
+    "envs.scenarios.junction_flows",
     "envs.scenarios.vehicles",
 )
 

@@ -1,3 +1,3 @@
-"""Junction scenarios: flows to merge into or cross, vehicles running lights or taking priority."""
+"""Junction scenarios about right of way: lights, stop signs, vehicles running red or taking priority."""
 
 from __future__ import annotations

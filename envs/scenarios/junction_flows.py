@@ -1,0 +1,3 @@
+"""Merging scenarios at junctions and interurban roads: flows of vehicles to turn into, cross or join."""
+
+from __future__ import annotations
