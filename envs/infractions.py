@@ -427,10 +427,18 @@ class InfractionTracker:
                 "route_completion": float(self.completion),
                 "distance_driven": float(self.distance_driven),
                 "outside_lanes_distance": float(self.outside_lanes_distance),
+                "junction_completion": self._junction_completion(),
             },
             "efficiency": None if eff is None else float(eff),
             "min_speed_checkpoints": [float(v) for v in self.checkpoint_values],
         }
+
+    def _junction_completion(self) -> float | None:
+        if not hasattr(self, "_junction_completion_cache"):
+            self._junction_completion_cache = (
+                None if self.lanes is None else first_junction_completion(self.route, self.lanes)
+            )
+        return self._junction_completion_cache
 
     # -------------------------------------------------------------------------------- internals
     def _index_lanes(self, lanes: LaneGraph) -> None:
@@ -753,12 +761,95 @@ def is_success(record: dict) -> bool:
     return all(not v for k, v in infractions.items() if k != "min_speed_infractions")
 
 
+JUNCTION_MARGIN_M = 8.0  # Bench2Drive: first junction waypoint + 8 (1 m apart) "to pass the trigger volume"
+
+
+def first_junction_completion(route: Route, lanes: LaneGraph) -> float | None:
+    """Route completion (%) past which the ego has driven through the route's first junction (a junction
+    pass where other roads come in from the left or right, not a mere road joint), plus
+    `JUNCTION_MARGIN_M`: Bench2Drive's Traffic Signs rule. None when the route crosses no junction."""
+    from envs.scenarios.placement import junction_approaches, junction_passes
+
+    if route.length <= 0.0:
+        return None
+    for jp in junction_passes(route, lanes):
+        if any(a.relation in ("from_left", "from_right") for a in junction_approaches(lanes, jp)):
+            return min(100.0, 100.0 * (jp.entry_s + JUNCTION_MARGIN_M) / route.length)
+    return None
+
+
+def _record_types(rec: dict) -> list[str]:
+    """Implemented scenario types a record ran (each once); unimplemented ones did not happen."""
+    out: list[str] = []
+    for sc in rec.get("scenarios") or []:
+        t = sc.get("type") if isinstance(sc, dict) else None
+        if t and sc.get("implemented", True) and t not in out:
+            out.append(str(t))
+    return out
+
+
+def traffic_signs_success(record: dict) -> bool:
+    """Bench2Drive's Traffic Signs outcome of a route: completion beyond the first junction (the record's
+    meta "junction_completion") without red-light or stop infractions; `is_success` when the record
+    does not carry the junction position."""
+    jc = (record.get("meta") or {}).get("junction_completion")
+    if jc is None:
+        return is_success(record)
+    infractions = record.get("infractions", {}) or {}
+    completion = float((record.get("scores") or {}).get("score_route", 0.0))
+    ran_rules = bool(infractions.get("red_light")) or bool(infractions.get("stop_infraction"))
+    return completion > float(jc) and not ran_rules
+
+
+def ability_scores(records: list[dict]) -> dict[str, Any]:
+    """Bench2Drive ability scores from route records carrying scenario types (record["scenarios"]).
+
+    A route counts once towards every ability of the (implemented) scenario types it ran, as a success
+    when `is_success`; for Traffic Signs the success is `traffic_signs_success`. Returns percentages per
+    ability (None for an ability no route exercised), their mean over the exercised abilities, the
+    (successes, routes) counts, and per scenario type its success rate and counts. Empty when no record
+    carries scenario types."""
+    from envs.scenarios.catalog import ABILITIES, TRAFFIC_SIGNS, abilities_of
+
+    counts = {a: [0, 0] for a in ABILITIES}
+    per_type: dict[str, list[int]] = {}
+    seen = False
+    for rec in records:
+        types = _record_types(rec)
+        if not types:
+            continue
+        seen = True
+        ok = is_success(rec)
+        abilities = {a for t in types for a in abilities_of(t)}
+        for a in abilities:
+            hit = traffic_signs_success(rec) if a == TRAFFIC_SIGNS else ok
+            counts[a][0] += int(hit)
+            counts[a][1] += 1
+        for t in types:
+            c = per_type.setdefault(t, [0, 0])
+            c[0] += int(ok)
+            c[1] += 1
+    if not seen:
+        return {}
+    rates: dict[str, float | None] = {a: (100.0 * k / n if n else None) for a, (k, n) in counts.items()}
+    present = [v for v in rates.values() if v is not None]
+    rates["mean"] = float(np.mean(present)) if present else None
+    return {
+        "abilities": rates,
+        "ability_counts": {a: list(c) for a, c in counts.items()},
+        "scenario_success": {t: 100.0 * k / n for t, (k, n) in sorted(per_type.items())},
+        "scenario_counts": {t: list(c) for t, c in sorted(per_type.items())},
+    }
+
+
 def summarize(records: list[dict], total_routes: int | None = None) -> dict[str, Any]:
     """Aggregate route records into Bench2Drive-style global numbers.
 
     driving_score and success_rate (percent) divide by `total_routes` (default: len(records)), so
     missing routes count 0. route_completion and infraction_penalty are means over the given records;
-    infractions_per_km divides counts by the km driven (route length x completion, summed).
+    infractions_per_km divides counts by the km driven (route length x completion, summed). When records
+    carry scenario types, Bench2Drive's ability scores are added (`ability_scores`: "abilities",
+    "ability_counts", "scenario_success", "scenario_counts").
     """
     n = len(records) if total_routes is None else int(total_routes)
     if n < len(records):
@@ -800,6 +891,7 @@ def summarize(records: list[dict], total_routes: int | None = None) -> dict[str,
         "status_counts": status_counts,
         "efficiency": float(np.mean(effs)) if effs else None,
         "comfort": float(np.mean(comforts)) if comforts else None,
+        **ability_scores(records),
     }
 
 

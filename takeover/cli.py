@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from takeover.scenarios_cli import scenarios_app
+
 app = typer.Typer(
     help="Post-train driving policies with expert takeover data. Start with `takeover demo`.",
     no_args_is_help=True,
@@ -14,6 +16,7 @@ app = typer.Typer(
 )
 maps_app = typer.Typer(help="Road networks: procedural maps and OpenDRIVE conversion.", no_args_is_help=True)
 app.add_typer(maps_app, name="maps")
+app.add_typer(scenarios_app, name="scenarios")
 
 
 def _fail(msg: str) -> None:

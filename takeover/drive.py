@@ -106,6 +106,7 @@ def drive(job: DriveJob) -> dict:
             job.log(f"map {map_path} failed: {exc}")
             for spec in specs:
                 rec = _failed_record(spec.route_id, "Map could not be loaded", exc, None)
+                rec["scenarios"] = _spec_scenarios(spec)
                 (job.out / f"route_{spec.route_id}.json").write_text(json.dumps(rec, indent=1))
                 records.append(rec)
             continue
@@ -118,6 +119,8 @@ def drive(job: DriveJob) -> dict:
                     job.log(f"[{len(records)}] {rid}: already done, kept")
                     continue
                 rec = _drive_one(env, agent, rid, specs is not None, job.seed + k, job)
+                if specs and "scenarios" not in rec:  # a failed route still counts for its abilities
+                    rec["scenarios"] = _spec_scenarios(specs[k])
                 path.write_text(json.dumps(rec, indent=1))
                 records.append(rec)
                 job.log(
@@ -133,9 +136,28 @@ def drive(job: DriveJob) -> dict:
     _summary_figure(records, job.out / "summary.png")
     job.log(
         f"driving score {summary['driving_score']:.2f}  success rate {summary['success_rate']:.2f}  "
-        f"over {len(records)} routes -> {job.out}"
+        f"over {len(records)} routes{_abilities_text(summary)} -> {job.out}"
     )
     return summary
+
+
+def _abilities_text(summary: dict) -> str:
+    """'  abilities: Merging 50.0 ... mean 62.5' when the summary has ability scores, else ''."""
+    rates = summary.get("abilities")
+    if not rates:
+        return ""
+    parts = [f"{name} {'-' if v is None else f'{v:.1f}'}" for name, v in rates.items() if name != "mean"]
+    mean = rates.get("mean")
+    return f"  abilities: {', '.join(parts)}, mean {'-' if mean is None else f'{mean:.1f}'}"
+
+
+def _spec_scenarios(spec: RouteSpec) -> list[dict]:
+    """Scenario entries (as DrivingEnv.record() writes them) for a route that failed before running."""
+    from envs.scenarios.base import SCENARIOS, load_library
+
+    load_library()
+    return [{"name": sc.name, "type": sc.type, "implemented": sc.type in SCENARIOS, "triggered": False,
+             "trigger_tick": None, "notes": []} for sc in spec.scenarios]
 
 
 def _drive_one(env: DrivingEnv, agent, rid: str, from_file: bool, seed: int, job: DriveJob) -> dict:

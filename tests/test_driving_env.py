@@ -319,7 +319,8 @@ def test_collision_with_parked_obstacle(make_env):
     k = agents.index("sc_parked_obstacle")
     assert agents.kind[k] == AgentKind.PARKED_VEHICLE
     lateral, s = route_projection(route, agents.box[k, :2])
-    assert lateral < 0.5 and s == pytest.approx(50.0, abs=3.0)
+    # Bench2Drive parks it 0.7 half lane widths towards the kerb: it still overlaps the lane-centred ego.
+    assert 0.9 < lateral < 1.6 and s == pytest.approx(50.0, abs=3.0)
 
     hits: list[tuple[float, dict]] = []
 
@@ -415,6 +416,6 @@ def test_parked_obstacle_on_route(make_env, tmp_path):
     k = agents.index("sc_parked_obstacle")
     assert agents.kind[k] == AgentKind.PARKED_VEHICLE and agents.speed[k] == 0.0
     lateral, s = route_projection(env.route, agents.box[k, :2])
-    assert lateral < 1.0
+    assert 0.9 < lateral < 1.6  # towards the kerb, as Bench2Drive places it
     assert s == pytest.approx(sc.trigger_s + 40.0, abs=5.0)
     assert s > ego_s(env) + 20.0
