@@ -162,7 +162,7 @@ class DrivingEnv(gym.Env):
             )
             self.scenarios = build_scenarios(specs, ctx)
             for sc in self.scenarios:
-                sc.setup()
+                self._run_scenario_hook(sc, sc.setup)
         self.scene = self._build_scene(ego, tick=0)
         self.tracker.update(self.scene)
         self.scene.route_index = self.tracker.route_index
@@ -187,7 +187,7 @@ class DrivingEnv(gym.Env):
         new = self.tracker.update(self.scene)
         self.scene.route_index = self.tracker.route_index
         for sc in self.scenarios:
-            sc.update(self.scene)
+            self._run_scenario_hook(sc, sc.update, self.scene)
         new = new + self._pending_scenario_infractions()
         progress = (self.tracker.completion - before) / 100.0 * self.route.length
         reward = progress - sum(
@@ -343,6 +343,16 @@ class DrivingEnv(gym.Env):
             command=int(o["command"]),
             bev=o.get("bev"),
         )
+
+    def _run_scenario_hook(self, sc, hook, *args) -> None:
+        """Run a scenario hook; a command SUMO refuses (a scenario placing a vehicle where it cannot go)
+        becomes a SimulatorError naming the scenario, so a driving job records the route and goes on."""
+        try:
+            hook(*args)
+        except self.backend.ls.TraCIException as exc:
+            self._needs_reset = True
+            msg = f"scenario {sc.name} ({sc.type_name}): SUMO refused a command: {exc}"
+            raise SimulatorError(msg) from exc
 
     def _report_scenario_infraction(self, kind: str, message: str, scene: Scene) -> None:
         self._scenario_pending.append(self.tracker.add_scenario_infraction(kind, message, scene))

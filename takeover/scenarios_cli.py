@@ -90,7 +90,7 @@ def sample(
     overlap_threshold: float = typer.Option(0.5, "--overlap-threshold", help="Largest share of a training "
                                             "route allowed on evaluation routes."),
     max_per_type: int = typer.Option(1, "--max-per-type", help="Instances of one type per route (0: no "
-                                     "limit; >1 needs scenario types with per-instance SUMO actor ids)."),
+                                     "limit)."),
     min_length: float = typer.Option(300.0, "--min-length", help="Random routes: shortest length (m)."),
     max_length: float = typer.Option(1000.0, "--max-length", help="Random routes: longest length (m)."),
 ) -> None:

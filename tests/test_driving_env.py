@@ -316,7 +316,8 @@ def test_collision_with_parked_obstacle(make_env):
     assert [sc.type_name for sc in env.scenarios] == ["ParkedObstacle"]
     env.step(np.zeros(3, np.float32))  # SUMO inserts the parked vehicle on the next simulation step
     agents = env.scene.agents
-    k = agents.index("sc_parked_obstacle")
+    (sc,) = env.scenarios
+    k = agents.index(sc.OBSTACLE)
     assert agents.kind[k] == AgentKind.PARKED_VEHICLE
     lateral, s = route_projection(route, agents.box[k, :2])
     # Bench2Drive parks it 0.7 half lane widths towards the kerb: it still overlaps the lane-centred ego.
@@ -331,7 +332,7 @@ def test_collision_with_parked_obstacle(make_env):
     drive(env, make_agent("constant", throttle=0.7), 600, on_step=on_step)
     assert hits, "the ego drove through the parked obstacle without a collision_vehicle infraction"
     reward, inf = hits[0]
-    assert inf["other_id"] == "sc_parked_obstacle" or "sc_parked_obstacle" in inf["message"]
+    assert inf["other_id"] == sc.OBSTACLE
     assert reward < 0  # the collision penalty outweighs the progress of one tick
     assert env.record()["infractions"]["collisions_vehicle"]
 
@@ -413,7 +414,7 @@ def test_parked_obstacle_on_route(make_env, tmp_path):
     for _ in range(20):
         env.step(np.array([0.3, 0.0, 0.0], np.float32))
     agents = env.scene.agents
-    k = agents.index("sc_parked_obstacle")
+    k = agents.index(sc.OBSTACLE)
     assert agents.kind[k] == AgentKind.PARKED_VEHICLE and agents.speed[k] == 0.0
     lateral, s = route_projection(env.route, agents.box[k, :2])
     assert 0.9 < lateral < 1.6  # towards the kerb, as Bench2Drive places it

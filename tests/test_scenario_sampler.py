@@ -90,7 +90,7 @@ def test_density_scales_the_number_of_instances(grid, grid_routes):
         assert abs(counts[d] - d * km) <= len(grid_routes), (d, counts[d], km)
     assert counts[0.0] == 0
     assert counts[5.0] >= 3 * max(counts[1.0], 1)
-    # the default keeps one instance per type and route (scenario actors have per-type SUMO ids)
+    # the default keeps one instance per type and route (variety over repeats)
     capped = sample_scenarios(grid, grid_routes, BASE_TYPES, density=20.0, seed=3)
     for sr in capped:
         types = [s.type for s in sr.scenarios]

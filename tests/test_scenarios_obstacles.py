@@ -162,7 +162,7 @@ def test_accident_blocks_lane_and_times_out_highway(make_env):
 def test_parked_obstacle_two_ways_flow_moves_against_ego_and_stops_for_it(make_env):
     env, sc = procedural(make_env, "rural", "main_a_0", 450.0, 40.0, "ParkedObstacleTwoWays", distance="60",
                          frequency={"from": "30", "to": "40"})
-    k, box, _, _ = agent(env, "sc_parked_obstacle")
+    k, box, _, _ = agent(env, sc.OBSTACLE)
     s, lat = frenet(env.route, box[:2])
     assert k == AgentKind.PARKED_VEHICLE and s == pytest.approx(100.0, abs=1.0)
     assert lat == pytest.approx(0.7 * lane_width_at(env, 100.0) / 2, abs=0.1)
@@ -401,7 +401,7 @@ def test_construction_route_24785_blocks_lane(make_env):
 @town(5)
 def test_parked_obstacle_route_25318_times_out(make_env):
     env, sc = b2d_env(make_env, 5, "25318", timeout="10")
-    k, box, _, _ = agent(env, "sc_parked_obstacle")
+    k, box, _, _ = agent(env, sc.OBSTACLE)
     s, lat = frenet(env.route, box[:2])
     assert k == AgentKind.PARKED_VEHICLE and s == pytest.approx(sc.trigger_s + 40.0, abs=1.0)
     assert lat == pytest.approx(0.35 * lane_width_at(env, s), abs=0.15)

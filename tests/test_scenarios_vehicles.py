@@ -165,17 +165,17 @@ def test_parking_exit_parks_around_start_and_ego_leaves(make_env):
     ag = env.scene.agents
     rows = {}
     for name in ("front", "behind"):
-        k = ag.index(f"sc_parkexit_{name}")
+        k = ag.index(f"sc_parkexit_{name}_{sc.uid}")
         assert ag.kind[k] == AgentKind.PARKED_VEHICLE and ag.speed[k] == 0.0
         rows[name] = (np.hypot(*(ag.box[k, :2] - route.points[0])), *_project(route, ag.box[k, :2]))
     ego = np.array([env.scene.ego.x, env.scene.ego.y])
     fwd = np.array([np.cos(env.scene.ego.yaw), np.sin(env.scene.ego.yaw)])
-    front_xy = ag.box[ag.index("sc_parkexit_front"), :2]
-    behind_xy = ag.box[ag.index("sc_parkexit_behind"), :2]
+    front_xy = ag.box[ag.index(f"sc_parkexit_front_{sc.uid}"), :2]
+    behind_xy = ag.box[ag.index(f"sc_parkexit_behind_{sc.uid}"), :2]
     assert (front_xy - ego) @ fwd == pytest.approx(9.0, abs=1.0)  # in front of the ego's start
     assert (behind_xy - ego) @ fwd == pytest.approx(-9.0, abs=1.0)  # behind it
     for name in ("front", "behind"):
-        lateral = (ag.box[ag.index(f"sc_parkexit_{name}"), :2] - ego) @ np.array([-fwd[1], fwd[0]])
+        lateral = (ag.box[ag.index(f"sc_parkexit_{name}_{sc.uid}"), :2] - ego) @ np.array([-fwd[1], fwd[0]])
         assert lateral < -1.5  # at the right kerb, beside the ego's lane
     infractions: list[dict] = []
 
@@ -377,10 +377,12 @@ def test_b2d_parking_exit(make_env, rid):
     ag = env.scene.agents
     ego = np.array([env.scene.ego.x, env.scene.ego.y])
     fwd = np.array([np.cos(env.scene.ego.yaw), np.sin(env.scene.ego.yaw)])
-    along = {n: float((ag.box[ag.index(f"sc_parkexit_{n}"), :2] - ego) @ fwd) for n in ("front", "behind")}
+    along = {
+        n: float((ag.box[ag.index(f"sc_parkexit_{n}_{sc.uid}"), :2] - ego) @ fwd) for n in ("front", "behind")
+    }
     assert along["front"] == pytest.approx(9.0, abs=1.5) and along["behind"] == pytest.approx(-9.0, abs=1.5)
     for n in ("front", "behind"):
-        lateral = (ag.box[ag.index(f"sc_parkexit_{n}"), :2] - ego) @ np.array([-fwd[1], fwd[0]])
+        lateral = (ag.box[ag.index(f"sc_parkexit_{n}_{sc.uid}"), :2] - ego) @ np.array([-fwd[1], fwd[0]])
         assert lateral < -2.0  # in the parking lane on the right
     drive(env, make_agent("lane_follow"), 600, on_step=lambda env, r, i: ego_s(env) > 30.0)
     assert ego_s(env) > 30.0  # the ego got out

@@ -11,6 +11,7 @@ infraction tracker.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -69,11 +70,17 @@ class Scenario:
     differs_from_carla: ClassVar[str] = ""
     # Seconds after the trigger at which the scenario shows itself best (the gallery renders then).
     key_moment_s: ClassVar[float] = 3.0
+    # Names of class attributes holding actor ids / id prefixes ("sc_..."); every instance gets them
+    # suffixed with its own name, so that two instances of a type on one route never share a SUMO id.
+    actor_ids: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, spec: object, ctx: ScenarioContext):
         self.spec = spec
         self.ctx = ctx
         self.name: str = getattr(spec, "name", "") or self.type_name
+        self.uid = re.sub(r"[^A-Za-z0-9_]", "_", self.name)
+        for attr in self.actor_ids:
+            setattr(self, attr, f"{getattr(type(self), attr)}_{self.uid}")
         self.params = self._read_params(getattr(spec, "params", {}) or {})
         self.trigger_index, self.trigger_s = self._project_trigger(spec)
         self.status = ScenarioStatus(self.name, self.type_name, implemented=True)

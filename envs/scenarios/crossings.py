@@ -682,6 +682,7 @@ class CrossingBicycleFlow(Scenario):
                           "them); without start_actor_flow the flow comes from a crossing approach")
     key_moment_s = 4.0
     PREFIX = "sc_bikeflow"
+    actor_ids = ("PREFIX",)
     GREEN_DELAY = 5.0  # s of all-red before the ego's light turns green
     TIMEOUT = 240.0
     SOURCE_BACK = 40.0  # m before the junction where the flow starts when no start_actor_flow is given

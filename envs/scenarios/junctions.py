@@ -411,6 +411,7 @@ class _OppositeVehicle(_JunctionScenario):
 
     defaults: ClassVar[dict[str, str]] = {"direction": "right"}
     ADVERSARY = "sc_opposite_vehicle"
+    actor_ids = ("ADVERSARY",)
     SOURCE_DISTANCE = 30.0  # m before the junction (its centre)
     SINK_DISTANCE = 10.0  # m after the junction
     SPEED = 60.0 / 3.6
@@ -548,6 +549,7 @@ class BlockedIntersection(_JunctionScenario):
                           "background traffic rather than stopped; `timeout` (240 s) is an extra parameter")
     key_moment_s = 4.0
     BLOCKER = "sc_blocker"
+    actor_ids = ("BLOCKER",)
     BLOCKER_DISTANCE = 5.0  # m after the junction's exit (its centre)
     TRIGGER_DISTANCE = 13.0  # m between the ego and the blocker that starts the wait
     STOP_TIME = 10.0

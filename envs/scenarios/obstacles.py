@@ -783,6 +783,7 @@ class ParkedObstacle(_Overtaking):
     what = "pass the parked obstacle"
     OFFSET = 0.7
     OBSTACLE = "sc_parked_obstacle"
+    actor_ids = ("OBSTACLE",)
 
     def setup(self) -> None:
         sign = self.direction()

@@ -36,8 +36,8 @@ OVERLAP_HEADING = math.radians(30.0)  # ... when their headings differ by less t
 DEFAULT_OVERLAP_THRESHOLD = 0.5  # share of a training route allowed on evaluation routes
 EVAL_TRIGGER_RADIUS = 30.0  # metres: no sampled trigger this close to an evaluation trigger of its type
 WAYPOINT_SPACING = 20.0  # metres between the waypoints written to a route file
-# Instances of one type per route. 1 by default: several scenario classes give their SUMO actors fixed
-# ids, so two instances of such a type on one route would collide; None = no limit.
+# Instances of one type per route: 1 by default, so a route carries different types rather than repeats
+# of one (instances have their own actor ids, so repeats work); None = no limit.
 DEFAULT_MAX_PER_TYPE: int | None = 1
 
 

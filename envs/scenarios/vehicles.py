@@ -392,6 +392,7 @@ class HardBreakRoute(_VehicleScenario):
                           "in front); it and any vehicle ahead on the ego lane brake at 8 m/s^2")
     key_moment_s = 2.0
     LEAD = "sc_hardbrake_lead"
+    actor_ids = ("LEAD",)
     STOP_AHEAD = 60.0  # metres ahead of the ego in which route traffic stops with the lead
 
     def setup(self) -> None:
@@ -477,6 +478,7 @@ class ParkingExit(_VehicleScenario):
     key_moment_s = 1.0
     TIMEOUT_S = 240.0
     SIDE = "sc_parkexit_side"
+    actor_ids = ("SIDE",)
     SIDE_END_DISTANCE = 50.0
 
     @classmethod
@@ -516,7 +518,7 @@ class ParkingExit(_VehicleScenario):
                     blk_lane, blk_pos = nb, frac * float(lanes.length[nb])
                 else:
                     blk_lane = -1
-            vid = f"sc_parkexit_{name}"
+            vid = f"sc_parkexit_{name}_{self.uid}"
             self._rows.append((vid, AgentKind.PARKED_VEHICLE, float(xy[0]), float(xy[1]), heading,
                                CAR_HALF_LENGTH, CAR_HALF_WIDTH, CAR_HEIGHT, 0.0, (90, 90, 110)))
             if blk_lane >= 0:
@@ -558,6 +560,7 @@ class ParkingCutIn(_VehicleScenario):
     SPEED, REACTION_TIME, MIN_TRIGGER_DIST, END_DISTANCE = 13.0, 2.35, 10.0, 30.0
     MERGE_LENGTH = 15.0
     ADVERSARY, BLOCKER = "sc_parkcutin_adversary", "sc_parkcutin_blocker"
+    actor_ids = ("ADVERSARY", "BLOCKER")
 
     @classmethod
     def candidate_triggers(cls, route: Route, lanes: object) -> np.ndarray:
@@ -633,6 +636,7 @@ class StaticCutIn(_VehicleScenario):
     SPEED, REACTION_TIME, MIN_TRIGGER_DIST, END_DISTANCE = 60.0 / 3.6, 2.7, 15.0, 70.0
     MERGE_LENGTH, IDLE_S = 18.0, 30.0
     ADVERSARY = "sc_staticcutin_adversary"
+    actor_ids = ("ADVERSARY",)
 
     @classmethod
     def candidate_triggers(cls, route: Route, lanes: object) -> np.ndarray:
@@ -665,7 +669,7 @@ class StaticCutIn(_VehicleScenario):
             nb, pos, lat, _ = self._side(float(s), direction)
             if nb < 0:
                 raise self._fail(f"has no {direction} side lane {s - self.trigger_s:.0f} m after its trigger")
-            vid = f"sc_staticcutin_q{k}"
+            vid = f"sc_staticcutin_q{k}_{self.uid}"
             if k == self.BACK:
                 self._d0, self._s_c = lat, float(s)
                 self._car = _PathCar(self.ADVERSARY, self._parked_path(float(s), lat), color=(200, 120, 0))
@@ -719,6 +723,7 @@ class YieldToEmergencyVehicle(_VehicleScenario):
     SPEED_INCREMENT = 25.0 / 3.6
     TRIGGER_DISTANCE, IDLE_S, END_DISTANCE = 50.0, 10.0, 50.0
     EV = "sc_emergency"
+    actor_ids = ("EV",)
 
     @classmethod
     def candidate_triggers(cls, route: Route, lanes: object) -> np.ndarray:
@@ -818,6 +823,7 @@ class HighwayCutIn(_VehicleScenario):
     key_moment_s = 4.0
     SAME_LANE_S, OTHER_LANE_S, CHANGE_S, SPEED_PERC, CUT_IN_DISTANCE = 0.3, 3.0, 2.0, 0.8, 10.0
     CAR = "sc_highway_cutin"
+    actor_ids = ("CAR",)
 
     @classmethod
     def _merges(cls, route: Route, lanes) -> list[tuple[JunctionPass, int]]:
@@ -942,6 +948,7 @@ class _FlowScenario(_VehicleScenario):
     SOURCE_BEHIND = 27.0  # Bench2Drive's routes start the flow ~27 m behind the trigger point
     SINK_AHEAD = 150.0
     PREFIX = "sc_flow"
+    actor_ids = ("PREFIX",)
 
     def _derive(self) -> tuple[int, float]:
         """(lane, position) on the flow's lane beside the trigger, for routes without flow locations."""
