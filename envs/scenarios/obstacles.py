@@ -501,7 +501,13 @@ class _Overtaking(Scenario):
 
     # ----------------------------------------------------------------------------- ticking
     def tick(self, scene: Scene) -> None:
-        if not self.status.triggered or self._ended:
+        if not self.status.triggered:
+            if self.blockers and math.isfinite(self.end_s) and scene.tick % CLEAR_EVERY == 0:
+                # Background cars would queue behind the blockers from the start and hold the ego up
+                # before it reaches the trigger; CARLA's background manager keeps that lane free.
+                self.clear_route_ahead(max(self.ego_s(scene) + 10.0, self.trigger_s - 60.0), self.end_s)
+            return
+        if self._ended:
             return
         self.behave(scene)
         if self.flow is not None:
