@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow lint clean
+.PHONY: setup demo test test-slow lint readme-table clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test-slow: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# Regenerate README's scenario table from the catalog (a test checks they agree).
+readme-table: $(STAMP)
+	$(PY) -c "import re, pathlib, subprocess; p = pathlib.Path('README.md'); t = subprocess.run(['$(VENV)/bin/takeover', 'scenarios', 'list', '--markdown'], capture_output=True, text=True, check=True).stdout.strip(); s = p.read_text(); a, b = '<!-- scenario-table:start -->', '<!-- scenario-table:end -->'; p.write_text(s[: s.index(a) + len(a)] + chr(10) + t + chr(10) + s[s.index(b):])"
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

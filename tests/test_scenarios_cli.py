@@ -21,6 +21,19 @@ runner = CliRunner()
 FIELDS = {"type", "abilities", "implemented", "description", "differs_from_carla"}
 
 
+def test_readme_table_is_the_generated_one():
+    """README's scenario table must be `takeover scenarios list --markdown` (regenerate it when a type or
+    its `differs_from_carla` line changes)."""
+    from envs.scenarios.catalog import catalog_rows
+    from takeover.scenarios_cli import markdown_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start, end = "<!-- scenario-table:start -->\n", "<!-- scenario-table:end -->"
+    assert start in readme and end in readme
+    table = readme.split(start, 1)[1].split(end, 1)[0].strip()
+    assert table == markdown_table(catalog_rows()).strip()
+
+
 def test_list_json_has_every_bench2drive_type():
     res = runner.invoke(app, ["scenarios", "list", "--json"])
     assert res.exit_code == 0, res.output

@@ -166,14 +166,21 @@ def test_t_junction_candidates_on_rural_t(make_env):
 
 
 # ------------------------------------------------------------------------- red-light runner
-def test_red_light_runner_crosses_on_red_while_ego_green(make_env):
+def _start_opposite_vehicle(make_env, junction: str, type_name: str, direction: str):
+    """(env, junction pass, scenario, the adversary's approach) with `type_name` triggered 30 m before
+    `junction` on the EAST route."""
     env = make_env(traffic=FEW)
-    jp = passes(env, EAST)["J1_1"]
-    sc = start(env, EAST, "OppositeVehicleRunningRedLight", jp.entry_s - 30.0, direction="right")
+    jp = passes(env, EAST)[junction]
+    sc = start(env, EAST, type_name, jp.entry_s - 30.0, direction=direction)
+    (app,) = [a for a in junction_approaches(env.lanes, jp) if a.lane == sc.plan.approach]
+    return env, jp, sc, app
+
+
+def test_red_light_runner_crosses_on_red_while_ego_green(make_env):
+    env, _jp, sc, app = _start_opposite_vehicle(make_env, "J1_1", "OppositeVehicleRunningRedLight", "right")
     lanes = env.lanes
     plan = sc.plan
     assert plan.crosses
-    (app,) = [a for a in junction_approaches(lanes, jp) if a.lane == plan.approach]
     assert app.relation == "from_right"  # ego heads east: the runner comes from the south
     adv = sc.ADVERSARY
     in_junction: list[dict] = []
@@ -233,13 +240,10 @@ def test_red_light_runner_releases_lights_after_junction(make_env):
 
 # ------------------------------------------------------------------------------ priority taker
 def test_priority_taker_enters_from_the_side_when_ego_arrives(make_env):
-    env = make_env(traffic=FEW)
-    jp = passes(env, EAST)["J1_2"]
-    sc = start(env, EAST, "OppositeVehicleTakingPriority", jp.entry_s - 30.0, direction="left")
+    env, jp, sc, app = _start_opposite_vehicle(make_env, "J1_2", "OppositeVehicleTakingPriority", "left")
     lanes = env.lanes
     plan = sc.plan
     assert sc.lights is None and plan.crosses
-    (app,) = [a for a in junction_approaches(lanes, jp) if a.lane == plan.approach]
     assert app.relation == "from_left"  # from the north
     assert plan.approach in set(lanes.stop_lanes.tolist())  # its road has to stop and give way
     adv = sc.ADVERSARY

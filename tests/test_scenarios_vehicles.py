@@ -65,6 +65,21 @@ def agent_in_lane_ahead(env, agent_id: str, tol: float = 0.6) -> bool:
     return abs(lat) < tol and s > ego_s(env)
 
 
+def _ticks_in_lane_ahead(env, sc, agent_id: str, tol: float, steps: int) -> list[int]:
+    """Ticks (up to the fourth) at which `agent_id` is in the ego lane ahead of the ego while lane_follow
+    drives; it may be there only once `sc` has triggered."""
+    got: list[int] = []
+
+    def on_step(env, reward, info):
+        if agent_in_lane_ahead(env, agent_id, tol=tol):
+            assert sc.status.triggered
+            got.append(info["tick"])
+        return len(got) > 3
+
+    drive(env, make_agent("lane_follow"), steps, on_step=on_step)
+    return got
+
+
 # ---------------------------------------------------------------------------- registry / sampler
 def test_all_types_registered_with_defaults_and_differences():
     load_library()
@@ -226,14 +241,7 @@ def test_static_cut_in_from_queue(make_env):
     ag = env.scene.agents
     lat0, s0 = _project(route, ag.box[ag.index(sc.ADVERSARY), :2])
     assert lat0 < -3.0 and s0 == pytest.approx(30.0 + 41.0 + 22.0, abs=2.0)
-    got: list[int] = []
-
-    def on_step(env, reward, info):
-        if agent_in_lane_ahead(env, sc.ADVERSARY, tol=0.4):
-            got.append(info["tick"])
-        return len(got) > 3
-
-    drive(env, make_agent("lane_follow"), 500, on_step=on_step)
+    got = _ticks_in_lane_ahead(env, sc, sc.ADVERSARY, 0.4, 500)
     assert sc.status.triggered and got and got[0] > sc.status.trigger_tick
 
 
@@ -393,15 +401,7 @@ def test_b2d_parking_cut_in(make_env):
     env = _b2d_env(make_env, "Town05", "24759")
     (sc,) = env.scenarios
     assert sc.type_name == "ParkingCutIn"
-    got: list[int] = []
-
-    def on_step(env, reward, info):
-        if agent_in_lane_ahead(env, sc.ADVERSARY, tol=0.5):
-            assert sc.status.triggered
-            got.append(info["tick"])
-        return len(got) > 3
-
-    drive(env, make_agent("lane_follow"), 600, on_step=on_step)
+    got = _ticks_in_lane_ahead(env, sc, sc.ADVERSARY, 0.5, 600)
     assert got, "the parked car never pulled into the ego lane ahead of the ego"
 
 
@@ -410,14 +410,7 @@ def test_b2d_static_cut_in(make_env):
     env = _b2d_env(make_env, "Town05", "26396")
     (sc,) = env.scenarios
     assert sc.type_name == "StaticCutIn" and sc.float_param("distance") == 41.0
-    got: list[int] = []
-
-    def on_step(env, reward, info):
-        if agent_in_lane_ahead(env, sc.ADVERSARY, tol=0.5):
-            got.append(info["tick"])
-        return len(got) > 3
-
-    drive(env, make_agent("lane_follow"), 600, on_step=on_step)
+    got = _ticks_in_lane_ahead(env, sc, sc.ADVERSARY, 0.5, 600)
     assert got and got[0] > sc.status.trigger_tick
 
 

@@ -188,6 +188,22 @@ class Scenario:
     def param(self, key: str) -> str:
         return self.params[key]
 
+    def side_param(self, key: str = "direction") -> str:
+        """A 'left' / 'right' parameter, checked ('right' where the type has no such parameter)."""
+        d = self.params.get(key, "right")
+        if d not in ("left", "right"):
+            raise ScenarioError(
+                f"route {self.ctx.route_id}: scenario {self.name} ({self.type_name}) parameter {key!r} "
+                f"must be 'left' or 'right', got {d!r}"
+            )
+        return d
+
+    def fail(self, reason: str) -> ScenarioError:
+        """The error (to raise) for a scenario that cannot be placed on its route."""
+        return ScenarioError(
+            f"route {self.ctx.route_id}: cannot place scenario {self.name} ({self.type_name}): {reason}"
+        )
+
     def float_param(self, key: str) -> float:
         try:
             return float(self.params[key])

@@ -237,10 +237,6 @@ class _CrossingScenario(Scenario):
         raise NotImplementedError
 
     # ----------------------------------------------------------------------- placement helpers
-    def fail(self, reason: str) -> ScenarioError:
-        return ScenarioError(f"route {self.ctx.route_id}: cannot place scenario {self.name} "
-                             f"({self.type_name}): {reason}")
-
     def lane_point(self, s: float, what: str) -> tuple[int, float, int, np.ndarray, float]:
         """(dense index, route distance, lane, point, yaw) of the route's first normal-lane point at or
         after route distance s."""
@@ -325,14 +321,6 @@ class _CrossingScenario(Scenario):
         return getattr(self, "started_tick", None) is not None
 
 
-def _check_direction(sc: Scenario, key: str = "direction") -> str:
-    d = sc.param(key)
-    if d not in ("left", "right"):
-        raise ScenarioError(f"route {sc.ctx.route_id}: scenario {sc.name} ({sc.type_name}) parameter "
-                            f"{key!r} must be 'left' or 'right', got {d!r}")
-    return d
-
-
 def _check_angle(sc: Scenario) -> float:
     a = sc.float_param("crossing_angle")
     if abs(a) > 90.0:
@@ -361,7 +349,7 @@ class DynamicObjectCrossing(_CrossingScenario):
     WALKER_SHIFT = 1.2
 
     def place(self) -> None:
-        direction = _check_direction(self)
+        direction = self.side_param("direction")
         angle = _check_angle(self)
         try:
             kind, hl, hw, h = blocker_shape(self.param("blocker_model"))
@@ -417,7 +405,7 @@ class ParkingCrossingPedestrian(_CrossingScenario):
     WALK = 8.0  # m, scenario-runner's crossing distance (a one-lane road)
 
     def place(self) -> None:
-        direction = _check_direction(self)
+        direction = self.side_param("direction")
         angle = _check_angle(self)
         self.reaction_time = 2.15 + 0.1 * math.floor(angle / 5.0)
         side, far, s_block, lane = self.sides_at(self.trigger_s + self.float_param("distance"), direction,
@@ -696,7 +684,7 @@ class CrossingBicycleFlow(Scenario):
         self.gap = self.interval_param("source_dist_interval")
         jp = next((j for j in junction_passes(route, lanes) if j.entry_s > self.trigger_s - 2.0), None)
         if jp is None:
-            raise self._fail("no junction on the route after the trigger point")
+            raise self.fail("no junction on the route after the trigger point")
         self.junction = jp
         end_xy = self.location_param("end_actor_flow") if self.param("end_actor_flow") else None
         if self.param("start_actor_flow"):
@@ -709,17 +697,17 @@ class CrossingBicycleFlow(Scenario):
                     source, pos = int(ln), float(s)
                     break
             if source < 0:
-                raise self._fail("no lane for bicycles within 10 m of start_actor_flow")
+                raise self.fail("no lane for bicycles within 10 m of start_actor_flow")
             source, pos = _insertable(lanes, source, pos, speed)
             edges, out_lane = _flow_path(lanes, source, jp.junction, end_xy)
         else:
             found = self.auto_source(lanes, jp, speed)
             if found is None:
-                raise self._fail(f"junction {jp.junction} has no crossing approach a bicycle flow can come "
+                raise self.fail(f"junction {jp.junction} has no crossing approach a bicycle flow can come "
                                  "from")
             source, pos, edges, out_lane = found
         if out_lane < 0:
-            raise self._fail(f"the bicycle flow from lane {lanes.lane_ids[source]} does not cross junction "
+            raise self.fail(f"the bicycle flow from lane {lanes.lane_ids[source]} does not cross junction "
                              f"{jp.junction}")
         self.source, self.source_pos, self.edges = source, pos, edges
         self.flow = ActorFlow(self.ctx.backend, self.PREFIX, edges, int(lanes.lane_index[source]), pos, speed,
@@ -729,10 +717,6 @@ class CrossingBicycleFlow(Scenario):
         self._tls_program: dict[str, str] = {}
         self._lights_phase = "none"
         self._done = False
-
-    def _fail(self, reason: str) -> ScenarioError:
-        return ScenarioError(f"route {self.ctx.route_id}: cannot place scenario {self.name} "
-                             f"({self.type_name}): {reason}")
 
     @classmethod
     def auto_source(cls, lanes, jp: JunctionPass, speed: float) -> tuple[int, float, list[str], int] | None:
@@ -891,9 +875,8 @@ class ControlLoss(Scenario):
             self.noise.append((float(rng.choice([self.THROTTLE[0], -self.THROTTLE[0]])),
                                float(rng.choice([self.STEER[0], -self.STEER[0]]))))
         if not self.debris:
-            raise ScenarioError(f"route {self.ctx.route_id}: cannot place scenario {self.name} "
-                                f"(ControlLoss): the first debris ({self.DISTANCES[0]:.0f} m after the "
-                                f"trigger) lies beyond the route's end")
+            raise self.fail(f"the first debris ({self.DISTANCES[0]:.0f} m after the trigger) lies beyond "
+                            f"the route's end")
         self.current = 0  # debris whose noise window comes next
         self.inside = False
         self.perturbed_ticks = 0

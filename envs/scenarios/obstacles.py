@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 from typing import ClassVar
 
 import numpy as np
@@ -50,6 +49,8 @@ from envs.scenarios.placement import (
     junction_of,
     junction_passes,
     lane_heading,
+    normal_predecessors_found,
+    normal_successors,
     predecessors,
     wrap,
 )
@@ -120,57 +121,29 @@ def _junction_entries(route: Route, lanes) -> np.ndarray:
     return np.asarray(out, np.float64)
 
 
+def _straightest(lanes, cands: list[int], yaw: float, at_end: bool) -> int:
+    """The drivable candidate whose heading (at its start, or end) is closest to `yaw`, never a U-turn
+    (120 degrees or more off); the first found wins a tie; -1 if none."""
+    best, best_d = -1, math.radians(120)
+    for c in cands:
+        if not lanes.drivable[c]:
+            continue
+        d = abs(wrap(lane_heading(lanes, c, at_end=at_end) - yaw))
+        if d < best_d:
+            best, best_d = c, d
+    return best
+
+
 def _next_normal(lanes, lane: int) -> int:
     """The straightest drivable normal lane after `lane` not through a real junction, or -1."""
-    yaw = lane_heading(lanes, lane, at_end=True)
-    best, best_d = -1, math.radians(120)  # straightest, never a U-turn
-    for nxt in lanes.successors(lane):
-        nxt = int(nxt)
-        via = -1
-        if lanes.is_internal[nxt]:
-            via = nxt
-            if _real_junction(lanes, via):
-                continue
-            chain = [int(a) for a in lanes.successors(nxt)]
-            while chain and lanes.is_internal[chain[0]]:
-                chain = [int(a) for a in lanes.successors(chain[0])]
-            if not chain:
-                continue
-            nxt = chain[0]
-        if not lanes.drivable[nxt] or lanes.is_internal[nxt]:
-            continue
-        d = abs(wrap(lane_heading(lanes, nxt, at_end=False) - yaw))
-        if d < best_d:
-            best, best_d = nxt, d
-    return best
+    cands = [nxt for via, nxt in normal_successors(lanes, lane) if via < 0 or not _real_junction(lanes, via)]
+    return _straightest(lanes, cands, lane_heading(lanes, lane, at_end=True), at_end=False)
 
 
 def _prev_normal(lanes, lane: int) -> int:
     """The straightest drivable normal lane before `lane` not through a real junction, or -1."""
-    yaw = lane_heading(lanes, lane, at_end=False)
-    cands: list[int] = []
-    for p in predecessors(lanes, lane):
-        if not lanes.is_internal[p]:
-            cands.append(p)
-            continue
-        if _real_junction(lanes, p):
-            continue
-        stack, seen = [p], set()
-        while stack:
-            q = stack.pop()
-            if q in seen:
-                continue
-            seen.add(q)
-            for pp in predecessors(lanes, q):
-                (stack.append(pp) if lanes.is_internal[pp] else cands.append(pp))
-    best, best_d = -1, math.radians(120)  # straightest, never a U-turn
-    for c in cands:
-        if not lanes.drivable[c]:
-            continue
-        d = abs(wrap(lane_heading(lanes, c, at_end=True) - yaw))
-        if d < best_d:
-            best, best_d = c, d
-    return best
+    cands = normal_predecessors_found(lanes, lane, through=lambda via: not _real_junction(lanes, via))
+    return _straightest(lanes, cands, lane_heading(lanes, lane, at_end=False), at_end=True)
 
 
 def _walk(lanes, lane: int, pos: float, distance: float, forward: bool) -> tuple[list[int], float]:
@@ -214,10 +187,6 @@ def _same_left(lanes, lane: int) -> int:
     """Drivable same-direction lane on the left of `lane` (-1 if none)."""
     left = int(lanes.left[lane])
     return left if left >= 0 and lanes.drivable[left] else -1
-
-
-def _sanitize(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
 # ------------------------------------------------------------------------ the oncoming flow
@@ -387,11 +356,15 @@ class _Overtaking(Scenario):
     # Route metres the scene occupies after `distance` (for candidate triggers) and sampled distances.
     extra_span: ClassVar[float] = 0.0
     distance_range: ClassVar[tuple[float, float]] = (40.0, 100.0)
+    # Sampled speed cap (km/h) of the one-way types; sampled oncoming gaps (from, to ranges, m) of TwoWays.
+    speed_range: ClassVar[tuple[float, float]] = (40.0, 60.0)
+    frequency_ranges: ClassVar[tuple[tuple[float, float], tuple[float, float]]] = (
+        (40.0, 65.0), (100.0, 125.0))
     what: ClassVar[str] = "get past the obstacle"
 
     def __init__(self, spec: object, ctx) -> None:
         super().__init__(spec, ctx)
-        self.prefix = f"sc_{_sanitize(self.name)}"
+        self.prefix = f"sc_{self.uid}"
         self.props = ScriptedActors()
         self.blockers: list[str] = []
         self.flow: _OppositeFlow | None = None
@@ -405,21 +378,10 @@ class _Overtaking(Scenario):
     # ------------------------------------------------------------------------- parameters
     def direction(self) -> float:
         """+1 for 'right', -1 for 'left'."""
-        d = self.params.get("direction", "right")
-        if d not in ("left", "right"):
-            raise ScenarioError(
-                f"route {self.ctx.route_id}: scenario {self.name} ({self.type_name}) parameter 'direction' "
-                f"must be 'left' or 'right', got {d!r}"
-            )
-        return 1.0 if d == "right" else -1.0
+        return 1.0 if self.side_param("direction") == "right" else -1.0
 
     def timeout_s(self) -> float:
         return self.float_param("timeout")
-
-    def fail(self, reason: str) -> ScenarioError:
-        return ScenarioError(
-            f"route {self.ctx.route_id}: cannot place scenario {self.name} ({self.type_name}): {reason}"
-        )
 
     # -------------------------------------------------------------------------- placement
     def forward(self, s0: float, distance: float, stop_at_junction: bool = True) -> float:
@@ -539,6 +501,15 @@ class _Overtaking(Scenario):
             return False
         return scene.time - self._near_since >= WAIT_S
 
+    def react_near(self, scene: Scene, xy: np.ndarray, distance: float = TRIGGER_DISTANCE) -> None:
+        """Once the ego has been near the obstacle at xy (`near_for`): the oncoming flow on TwoWays
+        types, the background speed cap on the others."""
+        if self.near_for(scene, xy, distance):
+            if self.two_ways:
+                self.start_flow(scene)
+            else:
+                self.start_speed_cap(scene)
+
     def start_speed_cap(self, scene: Scene) -> None:
         if not self._cap_active:
             self._cap_active = True
@@ -590,6 +561,22 @@ class _Overtaking(Scenario):
 
     def scripted_agents(self) -> Agents:
         return self.props.agents()
+
+    def park_car(self, actor_id: str, s: float, offset: float, extent: tuple[float, float, float],
+                 color: tuple[int, int, int]) -> np.ndarray:
+        """A parked-car prop at route distance s, `offset` half lane widths towards `direction`, over a
+        hidden blocker of its length; returns its centre."""
+        lane, pos, c, yaw, w = self.lane_at(s)
+        p = c + self.direction() * offset * 0.5 * w * _right(yaw)
+        self.props.add(actor_id, AgentKind.PARKED_VEHICLE, p[0], p[1], yaw, extent, color=color)
+        self.add_blocker(lane, pos + extent[0], 2 * extent[0])
+        return p
+
+    def leave_space(self, scene: Scene, beyond: float) -> None:
+        """LeaveSpaceInFront at the trigger: no background traffic on the ego lane from just ahead of the
+        ego to `distance` + `beyond` + 20 m."""
+        ego_s = self.ego_s(scene)
+        self.clear_route_ahead(ego_s + 6.0, ego_s + self.float_param("distance") + beyond + 20.0)
 
     # ----------------------------------------------------------------------- the oncoming flow
     def make_opposite_flow(self, s: float, gap_range: tuple[float, float],
@@ -671,6 +658,18 @@ class _Overtaking(Scenario):
                 out.append(s0)
         return np.asarray(out, np.float64)
 
+    @classmethod
+    def sample_params(cls, rng: np.random.Generator) -> dict[str, dict[str, str]]:
+        """The obstacle distance, then the oncoming flow's gaps (TwoWays) or the speed cap (right side)."""
+        params = {"distance": {"value": _uniform(rng, *cls.distance_range)}}
+        if cls.two_ways:
+            (from_lo, from_hi), (to_lo, to_hi) = cls.frequency_ranges
+            params["frequency"] = {"from": _uniform(rng, from_lo, from_hi), "to": _uniform(rng, to_lo, to_hi)}
+        else:
+            params["direction"] = {"value": "right"}
+            params["speed"] = {"value": _uniform(rng, *cls.speed_range)}
+        return params
+
 
 def _lane_pos(lanes, lane: int, xy: np.ndarray) -> float:
     for cand, _d, s, _y in lanes.nearest_lanes(float(xy[0]), float(xy[1]), radius=4.0):
@@ -706,7 +705,7 @@ class Accident(_Overtaking):
     FIRST, SECOND = 10.0, 6.0
 
     def setup(self) -> None:
-        sign = self.direction()
+        self.direction()  # checked first
         self.police_s = self.forward(self.trigger_s, self.float_param("distance"))
         self.first_s = self.forward(self.police_s, self.FIRST)
         self.second_s = self.forward(self.first_s, self.SECOND)
@@ -718,35 +717,17 @@ class Accident(_Overtaking):
             ("crashed1", self.first_s, CAR, (150, 150, 150)),
             ("crashed2", self.second_s, CAR, (120, 30, 30)),
         ):
-            lane, pos, c, yaw, w = self.lane_at(s)
-            p = c + sign * self.OFFSET * 0.5 * w * _right(yaw)
             aid = f"{self.prefix}_{role}"
-            self.props.add(aid, AgentKind.PARKED_VEHICLE, p[0], p[1], yaw, ext, color=color)
-            self.add_blocker(lane, pos + ext[0], 2 * ext[0])
-            self.cars.append((aid, p))
+            self.cars.append((aid, self.park_car(aid, s, self.OFFSET, ext, color)))
         self.first_xy = self.cars[1][1]
         if self.two_ways:
             self.flow = self.make_opposite_flow(self.second_s, self.interval_param("frequency"))
 
     def on_trigger(self, scene: Scene) -> None:
-        ego_s = self.ego_s(scene)
-        space = self.float_param("distance") + self.FIRST + self.SECOND + 20.0
-        self.clear_route_ahead(ego_s + 6.0, ego_s + space)
+        self.leave_space(scene, self.FIRST + self.SECOND)
 
     def behave(self, scene: Scene) -> None:
-        if self.near_for(scene, self.first_xy, TRIGGER_DISTANCE):
-            if self.two_ways:
-                self.start_flow(scene)
-            else:
-                self.start_speed_cap(scene)
-
-    @classmethod
-    def sample_params(cls, rng: np.random.Generator) -> dict[str, dict[str, str]]:
-        return {
-            "distance": {"value": _uniform(rng, *cls.distance_range)},
-            "direction": {"value": "right"},
-            "speed": {"value": _uniform(rng, 40, 60)},
-        }
+        self.react_near(scene, self.first_xy)
 
 
 @register_scenario
@@ -760,13 +741,7 @@ class AccidentTwoWays(Accident):
     )
     two_ways = True
     distance_range = (40.0, 100.0)
-
-    @classmethod
-    def sample_params(cls, rng: np.random.Generator) -> dict[str, dict[str, str]]:
-        return {
-            "distance": {"value": _uniform(rng, *cls.distance_range)},
-            "frequency": {"from": _uniform(rng, 40, 65), "to": _uniform(rng, 100, 125)},
-        }
+    frequency_ranges = ((40.0, 65.0), (100.0, 125.0))
 
 
 @register_scenario
@@ -792,36 +767,19 @@ class ParkedObstacle(_Overtaking):
     actor_ids = ("OBSTACLE",)
 
     def setup(self) -> None:
-        sign = self.direction()
+        self.direction()  # checked first
         self.vehicle_s = self.forward(self.trigger_s, self.float_param("distance"))
         self.end_s = self.forward(self.vehicle_s, END_DISTANCE)
         self.side_prop("warning")
-        lane, pos, c, yaw, w = self.lane_at(self.vehicle_s)
-        self.vehicle_xy = c + sign * self.OFFSET * 0.5 * w * _right(yaw)
-        x, y = self.vehicle_xy
-        self.props.add(self.OBSTACLE, AgentKind.PARKED_VEHICLE, x, y, yaw, CAR, color=(60, 90, 160))
-        self.add_blocker(lane, pos + CAR[0], 2 * CAR[0])
+        self.vehicle_xy = self.park_car(self.OBSTACLE, self.vehicle_s, self.OFFSET, CAR, (60, 90, 160))
         if self.two_ways:
             self.flow = self.make_opposite_flow(self.vehicle_s, self.interval_param("frequency"))
 
     def on_trigger(self, scene: Scene) -> None:
-        ego_s = self.ego_s(scene)
-        self.clear_route_ahead(ego_s + 6.0, ego_s + self.float_param("distance") + 20.0)
+        self.leave_space(scene, 0.0)
 
     def behave(self, scene: Scene) -> None:
-        if self.near_for(scene, self.vehicle_xy, TRIGGER_DISTANCE):
-            if self.two_ways:
-                self.start_flow(scene)
-            else:
-                self.start_speed_cap(scene)
-
-    @classmethod
-    def sample_params(cls, rng: np.random.Generator) -> dict[str, dict[str, str]]:
-        return {
-            "distance": {"value": _uniform(rng, *cls.distance_range)},
-            "direction": {"value": "right"},
-            "speed": {"value": _uniform(rng, 40, 60)},
-        }
+        self.react_near(scene, self.vehicle_xy)
 
 
 @register_scenario
@@ -835,13 +793,7 @@ class ParkedObstacleTwoWays(ParkedObstacle):
     )
     two_ways = True
     distance_range = (40.0, 90.0)
-
-    @classmethod
-    def sample_params(cls, rng: np.random.Generator) -> dict[str, dict[str, str]]:
-        return {
-            "distance": {"value": _uniform(rng, *cls.distance_range)},
-            "frequency": {"from": _uniform(rng, 38, 50), "to": _uniform(rng, 80, 120)},
-        }
+    frequency_ranges = ((38.0, 50.0), (80.0, 120.0))
 
 
 @register_scenario
@@ -862,6 +814,7 @@ class ConstructionObstacle(_Overtaking):
     extra_span = 8.5
     distance_range = (40.0, 100.0)
     stops_at_junction = False
+    speed_range = (45.0, 55.0)
     what = "get past the construction zone"
     CONE_LINES = ((4, 2.0), (3, 1.0))  # (cones, spacing m): along the lane, then across it
 
@@ -905,19 +858,7 @@ class ConstructionObstacle(_Overtaking):
         self.clear_route_ahead(self.ego_s(scene) + 6.0, self.end_s)
 
     def behave(self, scene: Scene) -> None:
-        if self.near_for(scene, self.zone_xy, 30.0):
-            if self.two_ways:
-                self.start_flow(scene)
-            else:
-                self.start_speed_cap(scene)
-
-    @classmethod
-    def sample_params(cls, rng: np.random.Generator) -> dict[str, dict[str, str]]:
-        return {
-            "distance": {"value": _uniform(rng, *cls.distance_range)},
-            "direction": {"value": "right"},
-            "speed": {"value": _uniform(rng, 45, 55)},
-        }
+        self.react_near(scene, self.zone_xy, 30.0)
 
 
 @register_scenario
@@ -931,13 +872,7 @@ class ConstructionObstacleTwoWays(ConstructionObstacle):
     )
     two_ways = True
     distance_range = (40.0, 100.0)
-
-    @classmethod
-    def sample_params(cls, rng: np.random.Generator) -> dict[str, dict[str, str]]:
-        return {
-            "distance": {"value": _uniform(rng, *cls.distance_range)},
-            "frequency": {"from": _uniform(rng, 45, 65), "to": _uniform(rng, 100, 170)},
-        }
+    frequency_ranges = ((45.0, 65.0), (100.0, 170.0))
 
 
 @register_scenario
@@ -1007,8 +942,7 @@ class HazardAtSideLane(_Overtaking):
         return self.bikes
 
     def on_trigger(self, scene: Scene) -> None:
-        ego_s = self.ego_s(scene)
-        self.clear_route_ahead(ego_s + 6.0, ego_s + self.float_param("distance") + self.GAP + 20.0)
+        self.leave_space(scene, self.GAP)
         ls = self.ctx.backend.ls
         alive = set(self.ctx.backend.vehicle_ids())
         for vid in self.bikes:
@@ -1122,6 +1056,7 @@ class VehicleOpensDoorTwoWays(_Overtaking):
     stops_at_junction = False
     extra_span = 2.5
     distance_range = (40.0, 60.0)
+    frequency_ranges = ((40.0, 50.0), (80.0, 100.0))
     what = "get past the open door"
 
     def setup(self) -> None:
@@ -1150,8 +1085,7 @@ class VehicleOpensDoorTwoWays(_Overtaking):
         self.flow = self.make_opposite_flow(self.front_s, self.interval_param("frequency"))
 
     def on_trigger(self, scene: Scene) -> None:
-        ego_s = self.ego_s(scene)
-        self.clear_route_ahead(ego_s + 6.0, ego_s + self.float_param("distance") + 20.0)
+        self.leave_space(scene, 0.0)
 
     def behave(self, scene: Scene) -> None:
         ego = scene.ego
@@ -1172,13 +1106,6 @@ class VehicleOpensDoorTwoWays(_Overtaking):
             self.props.set_extent(self.car_id, CAR[0], CAR[1] + 0.5 * reach)
         if t >= WAIT_S:
             self.start_flow(scene)
-
-    @classmethod
-    def sample_params(cls, rng: np.random.Generator) -> dict[str, dict[str, str]]:
-        return {
-            "distance": {"value": _uniform(rng, *cls.distance_range)},
-            "frequency": {"from": _uniform(rng, 40, 50), "to": _uniform(rng, 80, 100)},
-        }
 
 
 @register_scenario

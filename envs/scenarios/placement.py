@@ -76,20 +76,28 @@ def normal_successors(lanes, lane: int) -> list[tuple[int, int]]:
 
 def normal_predecessors(lanes, lane: int) -> list[int]:
     """Normal lanes that lead into `lane` (directly or through a junction)."""
+    return sorted(set(normal_predecessors_found(lanes, lane)))
+
+
+def normal_predecessors_found(lanes, lane: int, through=None) -> list[int]:
+    """Normal lanes that lead into `lane`, in the order the walk back finds them (may repeat); with
+    `through`, only through junction-internal lanes `through(first internal lane before lane)` allows."""
     out: list[int] = []
     for p in predecessors(lanes, lane):
-        if lanes.is_internal[p]:
-            stack, seen = [p], set()
-            while stack:
-                q = stack.pop()
-                if q in seen:
-                    continue
-                seen.add(q)
-                for pp in predecessors(lanes, q):
-                    (stack.append(pp) if lanes.is_internal[pp] else out.append(pp))
-        else:
+        if not lanes.is_internal[p]:
             out.append(p)
-    return sorted(set(out))
+            continue
+        if through is not None and not through(p):
+            continue
+        stack, seen = [p], set()
+        while stack:
+            q = stack.pop()
+            if q in seen:
+                continue
+            seen.add(q)
+            for pp in predecessors(lanes, q):
+                (stack.append(pp) if lanes.is_internal[pp] else out.append(pp))
+    return out
 
 
 def straightest(lanes, options: list[int], yaw: float, at_end: bool = False) -> int:
