@@ -24,8 +24,9 @@ and a CARLA backend share it, so both are scored by the same code. What it check
 - Minimum speed (record only, as Bench2Drive): the route is cut into `speed_checkpoints` (20) equal
   parts of completion; per part, 100 x mean ego speed / mean speed of surrounding traffic (vehicles,
   bicycles, emergency vehicles within `traffic_radius`, over ticks where there is any). A part below 100
-  records a min_speed_infraction; the mean over parts is the route's `efficiency`. Parts without
-  traffic are skipped (the leaderboard scores them 100).
+  records a min_speed_infraction; the mean over parts (ratios above 1000 % left out, as Bench2Drive's
+  script does) is the route's `efficiency`. Parts without traffic are skipped (the leaderboard scores
+  them 100).
 - Termination: completion >= 99 % -> "Completed" (score_route = 100); > 30 m from the route -> route_dev,
   "Failed - Agent deviated from the route"; < 0.1 m/s for 60 s -> vehicle_blocked, "Failed - Agent got
   blocked"; `max_ticks` simulated ticks after the first update (4000 = 200 s) -> route_timeout,
@@ -173,6 +174,15 @@ class Infraction:
     to_dict = as_dict
 
 
+# Bench2Drive's efficiency script skips checkpoint ratios above 1000 % (traffic standing nearly still).
+EFFICIENCY_MAX_RATIO = 1000.0
+
+
+def _mean_efficiency(values: list[float]) -> float | None:
+    kept = [v for v in values if v <= EFFICIENCY_MAX_RATIO]
+    return float(np.mean(kept)) if kept else None
+
+
 def _speed_ratio(ego_sum: float, traffic_sum: float, n: int) -> float | None:
     """100 x mean ego speed / mean traffic speed over n samples; None without samples."""
     if n <= 0:
@@ -299,7 +309,7 @@ class InfractionTracker:
 
     @property
     def efficiency(self) -> float | None:
-        return float(np.mean(self.checkpoint_values)) if self.checkpoint_values else None
+        return _mean_efficiency(self.checkpoint_values)
 
     def count(self, kind: InfractionType | str) -> int:
         t = infraction_type(kind)
@@ -967,7 +977,8 @@ def efficiency(
     `traffic_speed[t]` is the mean speed of the surrounding traffic at tick t (NaN where there is
     none). Checkpoints split the route into `n_checkpoints` equal parts of `progress` (completion in
     0..1 or 0..100 per tick), or into equal parts of time when `progress` is None. Parts without
-    traffic samples are skipped; NaN when none has any. May exceed 100.
+    traffic samples are skipped, and so are ratios above 1000 % (as Bench2Drive's script does); NaN when
+    none is left. May exceed 100.
     """
     ego = np.asarray(ego_speed, dtype=np.float64)
     traffic = np.asarray(traffic_speed, dtype=np.float64)
@@ -987,4 +998,5 @@ def efficiency(
         value = _speed_ratio(float(ego[sel].sum()), float(traffic[sel].sum()), int(sel.sum()))
         if value is not None:
             values.append(value)
-    return float(np.mean(values)) if values else float("nan")
+    mean = _mean_efficiency(values)
+    return float("nan") if mean is None else mean

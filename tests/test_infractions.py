@@ -592,3 +592,7 @@ def test_efficiency() -> None:
     progress = np.linspace(0, 100, 400)
     assert efficiency(ego, traffic, progress) == pytest.approx(120.0)
     assert math.isnan(efficiency(ego, np.full(400, np.nan)))
+    # A checkpoint where traffic stands nearly still (ratio > 1000 %) is left out, as Bench2Drive does.
+    still = np.full(400, 10.0)
+    still[:20] = 0.01
+    assert efficiency(np.full(400, 5.0), still) == pytest.approx(50.0)
