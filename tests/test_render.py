@@ -316,6 +316,28 @@ def test_bev_ego_and_vehicle_ahead(world: tuple[LaneGraph, MapRaster]) -> None:
     assert tuple(img[128 - 12 - 10, 96]) != tuple(BEV_EGO_COLOR.astype(np.uint8))
 
 
+def test_scenario_kinds_drawn_in_their_own_colours(world: tuple[LaneGraph, MapRaster]) -> None:
+    """Parked vehicles, cones and bicycles of scenarios are drawn in their kind's colour in the BEV and
+    change the camera image where they stand."""
+    lanes, raster = world
+    ego, _lane = _ego(lanes)
+    bev = BevRenderer(size=(192, 192), meters_per_pixel=0.25)
+    rows = [
+        (AgentKind.PARKED_VEHICLE, (*_ahead(ego, 12.0), ego.yaw, 2.3, 1.0), 1.5),
+        (AgentKind.CONE, (*_ahead(ego, 6.0, -1.0), 0.0, 0.2, 0.2), 0.7),
+        (AgentKind.BICYCLE, (*_ahead(ego, 20.0, 1.0), ego.yaw, 0.9, 0.35), 1.7),
+    ]
+    scene = _scene(lanes, ego, _agents(rows))
+    img = bev.render(scene, raster)
+    for kind, box, _ in rows:
+        row, col = bev.world_to_pixel(scene, np.array(box[:2]))
+        assert tuple(img[round(row), round(col)]) == tuple(BEV_KIND_COLORS[kind].astype(np.uint8))
+    cam = FrontCamera()
+    base = cam.render(_scene(lanes, ego, Agents()), raster)
+    for row in rows:
+        assert not np.array_equal(cam.render(_scene(lanes, ego, _agents([row])), raster), base), row[0]
+
+
 def test_bev_route_and_light_stop_line(world: tuple[LaneGraph, MapRaster]) -> None:
     lanes, raster = world
     lane = _drive_lane(lanes, "SC")
