@@ -33,12 +33,37 @@ class Control:
 
 
 @dataclass
+class Cause:
+    """The object behind the expert's largest speed reduction."""
+
+    kind: str  # AgentKind name in lower case, or red_light / yellow_light / stop_sign / route_end
+    id: str | None
+    distance: float  # metres from the ego's front to it along the path
+
+
+@dataclass
+class ExpertState:
+    """What a privileged planner knows about its decision at one tick (labels and takeover triggers
+    read it)."""
+
+    target_speed: float  # m/s the planner drives towards now (after every constraint)
+    desired_speed: float  # m/s on a free road: speed limit x ratio, junction cap
+    speed: float  # ego speed, m/s
+    command: int  # RoadOption of the route ahead
+    hazards: dict[str, bool] = field(default_factory=dict)  # e.g. vehicle, pedestrian, red_light, ...
+    cause: Cause | None = None
+    lane_change: str | None = None  # "left" / "right" while changing lanes (bypass, emergency vehicle)
+    stuck: bool = False
+
+
+@dataclass
 class AgentOutput:
     control: Control
     language: str = ""
     path: np.ndarray | None = None  # (20, 2) ego-frame path points, 1 m apart
     speed_waypoints: np.ndarray | None = None  # (10, 2) ego-frame positions every 0.25 s
     info: dict = field(default_factory=dict)
+    expert: ExpertState | None = None  # set by privileged planners
 
 
 @runtime_checkable

@@ -38,7 +38,7 @@ import numpy as np
 
 from envs.geometry import polyline_frenet, to_ego_frame
 from envs.scene import AgentKind, LightState, Observation, RoadOption, Route, Scene, StopSigns, TrafficLights
-from policies.base import AgentOutput, Control, register_agent
+from policies.base import AgentOutput, Cause, Control, ExpertState, register_agent
 from policies.controller import LateralPID, WindowPID
 
 PPM = Route.POINTS_PER_METER
@@ -73,6 +73,13 @@ _CAUSE_NAMES = {
     int(AgentKind.CONE): "cone", RED_LIGHT: "red_light", YELLOW_LIGHT: "yellow_light",
     STOP_SIGN: "stop_sign", ROUTE_END: "route_end",
 }
+
+
+def _command_at(route: Route | None, idx: int) -> int:
+    """The route's command at dense index idx (clamped: the agent's path runs past the route's end)."""
+    if route is None or len(route.command) == 0:
+        return int(RoadOption.LANEFOLLOW)
+    return int(route.command[min(idx, len(route.command) - 1)])
 
 
 @numba.njit(cache=True)
@@ -378,12 +385,21 @@ class LaneFollowAgent:
             "stop_sign": cause == STOP_SIGN,
             "stopping": hold or acc < -0.5,
         }
+        expert = ExpertState(
+            target_speed=float(v_ref),
+            desired_speed=float(v0),
+            speed=v,
+            command=_command_at(self._route, idx),
+            hazards={k: bool(info[k]) for k in ("vehicle", "walker", "red_light", "stop_sign", "stopping")},
+            cause=None if cause is None else Cause(info["cause"], info["cause_id"], info["cause_distance"]),
+        )
         return AgentOutput(
             control=Control(throttle=float(throttle), brake=float(brake), steer=float(steer)),
             language=language,
             path=path_ego,
             speed_waypoints=speed_wps,
             info=info,
+            expert=expert,
         )
 
     # --------------------------------------------------------------------------- constraints
