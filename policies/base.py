@@ -89,6 +89,7 @@ def register_agent(name: str) -> Callable[[Callable[..., DrivingAgent]], Callabl
 
 def make_agent(name: str, **kwargs: object) -> DrivingAgent:
     """Build an agent by registered name or `module:attribute` import path."""
+    import policies.expert
     import policies.simple_agent  # noqa: F401  (registers the built-in agents)
 
     if name in AGENTS:
