@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from takeover.data_cli import collect_app, data_app
 from takeover.scenarios_cli import scenarios_app
 
 app = typer.Typer(
@@ -17,6 +18,8 @@ app = typer.Typer(
 maps_app = typer.Typer(help="Road networks: procedural maps and OpenDRIVE conversion.", no_args_is_help=True)
 app.add_typer(maps_app, name="maps")
 app.add_typer(scenarios_app, name="scenarios")
+app.add_typer(collect_app, name="collect")
+app.add_typer(data_app, name="data")
 
 
 def _fail(msg: str) -> None:

@@ -1,0 +1,601 @@
+# ruff: noqa: B008  (typer declares options as defaults)
+"""`takeover collect expert|takeover` and `takeover data inspect`: record and look at datasets.
+
+Datasets are written with `envs.dataset.DatasetWriter` (Parquet shards, see there). Expert collection
+drives routes with a privileged agent, records a frame every 20 / hz ticks with the agent's labels, and
+fills each frame's future boxes and the agent's future trajectory (2 s at 5 Hz) from the ticks driven
+after it; bucket tags come from `envs.buckets`. One route = one segment (`trigger="expert"`), so
+`--resume` skips routes already in the folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from envs.segments import FUTURE_DT, FUTURE_STEPS, Frame, TakeoverSegment
+
+collect_app = typer.Typer(help="Record datasets: expert driving and takeovers.", no_args_is_help=True)
+data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
+
+TICK_DT = 0.05
+
+
+def _fail(msg: str) -> None:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+class Progress:
+    """A progress bar over ticks: tqdm when installed, else a line every `every_s` seconds."""
+
+    def __init__(self, desc: str, log: Callable[[str], None], every_s: float = 10.0) -> None:
+        self.desc, self.log, self.every_s = desc, log, every_s
+        self.n = 0
+        self._last = time.time()
+        try:
+            from tqdm import tqdm
+
+            self._bar = tqdm(desc=desc, unit="tick")
+        except ImportError:
+            self._bar = None
+
+    def update(self, n: int = 1, **status: object) -> None:
+        self.n += n
+        if self._bar is not None:
+            self._bar.update(n)
+            self._bar.set_postfix(status, refresh=False)
+        elif time.time() - self._last >= self.every_s:
+            self._last = time.time()
+            extra = "  ".join(f"{k} {v}" for k, v in status.items())
+            self.log(f"    {self.desc}: tick {self.n}  {extra}")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def default_expert_agent() -> str:
+    """ "expert" when registered (policies.expert), else "lane_follow"."""
+    from policies.base import AGENTS
+
+    with contextlib.suppress(ImportError):
+        import policies.expert  # registers "expert"
+    import policies.simple_agent  # noqa: F401
+
+    return "expert" if "expert" in AGENTS else "lane_follow"
+
+
+# ------------------------------------------------------------------------------- expert recording
+def frame_from_tick(env, out, route_id: str, town: str) -> Frame:
+    """A Frame for the current tick of `env` with the labels of agent output `out` (futures empty)."""
+    scene, obs = env.scene, env.observation()
+    ego, agents = scene.ego, scene.agents
+    exp = out.expert
+    hazards = sorted(k for k, v in (exp.hazards if exp else {}).items() if v)
+    if exp is not None and exp.lane_change:
+        hazards.append(f"lane_change_{exp.lane_change}")
+    target_speed = exp.target_speed if exp is not None else out.info.get("target_speed", float("nan"))
+    return Frame(
+        tick=int(scene.tick),
+        route_id=route_id,
+        town=town,
+        image=obs.image,
+        speed=float(obs.speed),
+        target_points=np.asarray(obs.target_points, np.float32),
+        command=int(obs.command),
+        language=out.language,
+        path=None if out.path is None else np.asarray(out.path, np.float64),
+        speed_waypoints=None if out.speed_waypoints is None else np.asarray(out.speed_waypoints, np.float64),
+        target_speed=float(target_speed) if target_speed is not None else float("nan"),
+        control=out.control.as_array(),
+        driver="expert",
+        ego=np.array([ego.x, ego.y, ego.yaw, ego.speed], np.float64),
+        agent_ids=list(agents.ids),
+        agent_kind=np.asarray(agents.kind, np.int8).copy(),
+        agent_box=np.asarray(agents.box, np.float64).copy(),
+        agent_speed=np.asarray(agents.speed, np.float64).copy(),
+        agent_future=np.full((len(agents), FUTURE_STEPS, 5), np.nan),
+        expert_future=np.full((FUTURE_STEPS, 3), np.nan),
+        hazards=hazards,
+        cause=exp.cause.kind if exp is not None and exp.cause is not None else "",
+    )
+
+
+def fill_futures(frames: list[Frame], snapshots: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]]) -> None:
+    """Fill `agent_future` and `expert_future` (2 s at 5 Hz) from the per-tick snapshots (ego x, y, yaw;
+    agent id -> box); NaN where an agent is gone or the episode ended."""
+    every = max(round(FUTURE_DT / TICK_DT), 1)
+    for f in frames:
+        for j in range(FUTURE_STEPS):
+            snap = snapshots.get(f.tick + (j + 1) * every)
+            if snap is None:
+                continue
+            f.expert_future[j] = snap[0]
+            for k, aid in enumerate(f.agent_ids):
+                box = snap[1].get(aid)
+                if box is not None:
+                    f.agent_future[k, j] = box
+
+
+def record_expert_route(env, agent, options: dict, seed: int, hz: int, progress: Progress | None = None):
+    """Drive one episode with `agent`; returns (frames at `hz`, env record). Buckets are tagged."""
+    from envs.buckets import tag_frames
+
+    every = max(round(1.0 / (hz * TICK_DT)), 1)
+    env.reset(seed=seed, options=options)
+    agent.reset(env.route)
+    rid, town = env.route.route_id, env.route.town or ""
+    frames: list[Frame] = []
+    snapshots: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
+    while True:
+        scene = env.scene
+        snapshots[int(scene.tick)] = (
+            np.array([scene.ego.x, scene.ego.y, scene.ego.yaw]),
+            {aid: scene.agents.box[k].copy() for k, aid in enumerate(scene.agents.ids)},
+        )
+        out = agent.act(env.observation(), scene if agent.privileged else None)
+        if scene.tick % every == 0:
+            frames.append(frame_from_tick(env, out, rid, town))
+        _, _, terminated, truncated, info = env.step(out.control.as_array())
+        if progress is not None:
+            progress.update(1, completion=f"{info['completion']:.1f}%", frames=len(frames))
+        if terminated or truncated:
+            scene = env.scene
+            snapshots[int(scene.tick)] = (
+                np.array([scene.ego.x, scene.ego.y, scene.ego.yaw]),
+                {aid: scene.agents.box[k].copy() for k, aid in enumerate(scene.agents.ids)},
+            )
+            break
+    fill_futures(frames, snapshots)
+    tag_frames(frames)
+    return frames, env.record()
+
+
+@dataclass
+class CollectJob:
+    map: str
+    out: Path
+    routes: str | None = None
+    route_ids: list[str] | None = None
+    agent: str | None = None  # None = default_expert_agent()
+    hz: int = 4
+    num_routes: int = 2
+    seed: int = 0
+    vehicles: int = 20
+    pedestrians: int = 5
+    max_ticks: int = 4000
+    shard_frames: int = 512
+    image_format: str = "png"
+    camera_size: tuple[int, int] = (256, 128)
+    log: Callable[[str], None] = field(default=print)
+
+
+def collect_expert(job: CollectJob) -> dict:
+    """Drive the job's routes with a privileged agent and append one segment per route to `job.out`."""
+    from envs.dataset import DatasetWriter
+    from envs.driving_env import DrivingEnv, EnvConfig
+    from envs.sumo_backend import SimulatorError, TrafficConfig
+    from policies.base import make_agent
+    from takeover.drive import DriveJob, plan_jobs
+
+    agent_name = job.agent or default_expert_agent()
+    agent = make_agent(agent_name)
+    if not getattr(agent, "privileged", False):
+        raise ValueError(f"agent {agent_name!r} is not privileged; expert data needs a privileged agent")
+    traffic = TrafficConfig(vehicles=job.vehicles, pedestrians=job.pedestrians)
+    drive_job = DriveJob(
+        map=job.map,
+        out=job.out,
+        routes=job.routes,
+        route_ids=job.route_ids,
+        num_random_routes=job.num_routes,
+        log=job.log,
+    )
+    writer = DatasetWriter(
+        job.out, kind="expert", shard_frames=job.shard_frames, image_format=job.image_format
+    )
+    stats = {"routes": 0, "skipped": 0, "failed": 0, "frames": 0}
+    try:
+        for map_path, specs in plan_jobs(drive_job):
+            cfg = EnvConfig(
+                map=map_path,
+                routes=job.routes if specs else None,
+                route_ids=[s.route_id for s in specs] if specs else None,
+                traffic=traffic,
+                max_ticks=job.max_ticks,
+            )
+            cfg.camera.enabled = True
+            cfg.camera.width, cfg.camera.height = job.camera_size
+            env = DrivingEnv(cfg)
+            try:
+                n = len(specs) if specs is not None else job.num_routes
+                for k in range(n):
+                    rid = specs[k].route_id if specs else f"random-{job.seed + k}"
+                    if rid in writer.segment_ids:
+                        stats["skipped"] += 1
+                        job.log(f"{rid}: already in {job.out}, skipped")
+                        continue
+                    progress = Progress(rid, job.log)
+                    try:
+                        frames, rec = record_expert_route(
+                            env, agent, {"route_id": rid} if specs else {}, job.seed + k, job.hz, progress
+                        )
+                    except SimulatorError as exc:
+                        stats["failed"] += 1
+                        job.log(f"{rid}: simulation failed: {exc}")
+                        continue
+                    finally:
+                        progress.close()
+                    for f in frames:
+                        f.route_id = rid
+                    info = {
+                        "agent": agent_name,
+                        "map": str(map_path),
+                        "seed": job.seed + k,
+                        "hz": job.hz,
+                        "status": rec.get("status"),
+                        "completion": rec["scores"]["score_route"],
+                        "driving_score": rec["scores"]["score_composed"],
+                    }
+                    writer.add_segment(
+                        TakeoverSegment(
+                            rid,
+                            "expert",
+                            0,
+                            rid,
+                            frames[0].town if frames else "",
+                            frames,
+                            np.zeros(len(frames), bool),
+                            info,
+                        )
+                    )
+                    stats["routes"] += 1
+                    stats["frames"] += len(frames)
+                    job.log(
+                        f"{rid}: {len(frames)} frames, {rec.get('status')}, completion "
+                        f"{rec['scores']['score_route']:.1f}%"
+                    )
+            finally:
+                env.close()
+    finally:
+        writer.close()
+    job.log(f"expert data: {stats['routes']} routes, {stats['frames']} frames -> {job.out}")
+    return stats
+
+
+# ---------------------------------------------------------------------------------- inspection
+def summarize_dataset(root: str | Path) -> dict:
+    from envs.dataset import SCHEMA_VERSION, open_dataset
+
+    ds = open_dataset(root)
+    t = ds.read_table(
+        ["segment_id", "trigger", "route_id", "town", "driver", "pre_takeover", "buckets", "image_format"]
+    )
+    sids = t.column("segment_id").to_pylist()
+    triggers = t.column("trigger").to_pylist()
+    by_trigger: dict[str, int] = {}
+    seen: set[str] = set()
+    for sid, trig in zip(sids, triggers, strict=True):
+        if sid not in seen:
+            seen.add(sid)
+            by_trigger[trig] = by_trigger.get(trig, 0) + 1
+
+    def counts(values) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for v in values:
+            out[str(v)] = out.get(str(v), 0) + 1
+        return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    return {
+        "path": str(root),
+        "kind": ds.kind,
+        "schema_version": SCHEMA_VERSION,
+        "shards": len(ds.shards),
+        "frames": t.num_rows,
+        "segments": len(seen),
+        "segments_by_trigger": by_trigger,
+        "pre_takeover_frames": int(sum(t.column("pre_takeover").to_pylist())),
+        "frames_by_driver": counts(t.column("driver").to_pylist()),
+        "frames_with_image": int(sum(v is not None for v in t.column("image_format").to_pylist())),
+        "buckets": counts(b for tags in t.column("buckets").to_pylist() for b in tags),
+        "routes": counts(t.column("route_id").to_pylist()),
+        "towns": counts(t.column("town").to_pylist()),
+    }
+
+
+def _summary_text(s: dict) -> str:
+    lines = [
+        f"{s['path']}: {s['kind']} dataset (schema v{s['schema_version']}), {s['shards']} shards",
+        f"frames {s['frames']} ({s['frames_with_image']} with images, "
+        f"{s['pre_takeover_frames']} pre-takeover)",
+        f"segments {s['segments']}: " + ", ".join(f"{k} {v}" for k, v in s["segments_by_trigger"].items()),
+        "drivers: " + ", ".join(f"{k} {v}" for k, v in s["frames_by_driver"].items()),
+        "buckets: " + (", ".join(f"{k} {v}" for k, v in s["buckets"].items()) or "-"),
+        f"routes ({len(s['routes'])}): " + ", ".join(f"{k} {v}" for k, v in list(s["routes"].items())[:12]),
+    ]
+    return "\n".join(lines)
+
+
+_KIND_COLORS = ["tab:blue", "tab:orange", "tab:cyan", "tab:gray", "tab:red", "tab:purple", "gold"]
+
+
+def _box_corners(box: np.ndarray) -> np.ndarray:
+    x, y, yaw, hl, hw = box
+    c, s = np.cos(yaw), np.sin(yaw)
+    local = np.array([[hl, hw], [hl, -hw], [-hl, -hw], [-hl, hw]])
+    return np.stack([x + c * local[:, 0] - s * local[:, 1], y + s * local[:, 0] + c * local[:, 1]], axis=1)
+
+
+def draw_bev(ax, f: Frame, radius: float = 32.0) -> None:
+    """Bird's-eye view of a frame's scene snapshot in the ego frame (forward = up): agents (colour by
+    kind) with their future centres, the expert's future trajectory, label path / speed waypoints (green)
+    and the policy's path (red)."""
+    from envs.geometry import to_ego_frame
+
+    ex, ey, eyaw = (float(v) for v in f.ego[:3])
+
+    def up(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # ego frame (x fwd, y left) -> plot (right, up)
+        p = np.asarray(p).reshape(-1, 2)
+        return -p[:, 1], p[:, 0]
+
+    for k in range(len(f.agent_ids)):
+        corners = to_ego_frame(_box_corners(f.agent_box[k]), ex, ey, eyaw)
+        col = _KIND_COLORS[int(f.agent_kind[k]) % len(_KIND_COLORS)]
+        u, v = up(np.vstack([corners, corners[:1]]))
+        ax.fill(u, v, color=col, alpha=0.8)
+        fut = f.agent_future[k][:, :2]
+        fut = fut[np.isfinite(fut).all(axis=1)]
+        if len(fut):
+            ax.plot(*up(to_ego_frame(fut, ex, ey, eyaw)), ".", color=col, ms=2)
+    u, v = up(_box_corners(np.array([0.0, 0.0, 0.0, 2.45, 1.06])))
+    ax.fill(np.append(u, u[0]), np.append(v, v[0]), color="black")
+    ef = f.expert_future[:, :2]
+    ef = ef[np.isfinite(ef).all(axis=1)]
+    if len(ef):
+        ax.plot(*up(to_ego_frame(ef, ex, ey, eyaw)), "-", color="tab:olive", lw=1.5, label="driven next 2 s")
+    if f.path is not None:
+        ax.plot(*up(f.path), "-", color="tab:green", lw=2, label="expert path")
+    if f.speed_waypoints is not None:
+        ax.plot(*up(f.speed_waypoints), "o", color="darkgreen", ms=3, label="expert speed wps")
+    if f.policy_path is not None:
+        ax.plot(*up(f.policy_path), "-", color="tab:red", lw=1.5, label="policy path")
+    ax.plot(*up(np.asarray(f.target_points, float)), "x", color="purple", label="target points")
+    ax.set_xlim(-radius, radius)
+    ax.set_ylim(-radius / 2, radius * 1.5)
+    ax.set_aspect("equal")
+    ax.tick_params(labelsize=6)
+    ax.legend(fontsize=5, loc="lower left")
+
+
+def render_segment(seg: TakeoverSegment, path: Path) -> Path:
+    """A figure of a few frames of a segment: camera + bird's-eye view, label text."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(seg.frames)
+    pre = np.flatnonzero(seg.pre_takeover)
+    take = np.flatnonzero(~np.asarray(seg.pre_takeover, bool))
+    picks = [int(pre[-1])] if len(pre) else []
+    if len(take):
+        picks += [int(take[0]), int(take[len(take) // 2])]
+    picks = sorted(set(picks)) or [n // 2]
+    fig, axes = plt.subplots(
+        len(picks), 2, figsize=(9, 3.4 * len(picks)), squeeze=False, gridspec_kw={"width_ratios": [1.6, 1]}
+    )
+    for row, i in enumerate(picks):
+        f = seg.frames[i]
+        cam, bev = axes[row]
+        if f.image is not None:
+            cam.imshow(f.image)
+        else:
+            cam.text(0.5, 0.5, "no camera image", ha="center", va="center", transform=cam.transAxes)
+        cam.axis("off")
+        stage = "pre-takeover" if seg.pre_takeover[i] else seg.frames[i].driver
+        cam.set_title(
+            f"frame {i}/{n} tick {f.tick} [{stage}] v={f.speed:.1f} m/s target "
+            f"{f.target_speed:.1f}\n{f.language[:90]}\nbuckets: {', '.join(f.buckets) or '-'}",
+            fontsize=7,
+        )
+        draw_bev(bev, f)
+    fig.suptitle(
+        f"{seg.segment_id}: trigger {seg.trigger} at tick {seg.trigger_tick}, route {seg.route_id}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def inspect_dataset(
+    root: str | Path, out: Path | None = None, num_figures: int = 4
+) -> tuple[dict, list[Path]]:
+    from envs.dataset import open_dataset
+
+    root = Path(root)
+    summary = summarize_dataset(root)  # raises DatasetError before anything is created
+    out = out or root / "inspect"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    ids: list[str] = list(dict.fromkeys(open_dataset(root).read_table(["segment_id"]).column(0).to_pylist()))
+    want = {ids[int(k)] for k in np.linspace(0, len(ids) - 1, min(num_figures, len(ids)))} if ids else set()
+    figures = []
+    for seg in open_dataset(root).iter_segments():
+        if seg.segment_id in want:
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", seg.segment_id)
+            figures.append(render_segment(seg, out / f"segment_{name}.png"))
+    return summary, figures
+
+
+# ------------------------------------------------------------------------------------ commands
+@collect_app.command("expert")
+def collect_expert_cmd(
+    map: str = typer.Option(
+        ..., "--map", help="Map name, OpenDRIVE / .net.xml file or a folder of TownXX.xodr."
+    ),
+    out: Path = typer.Option(..., "--out", help="Dataset folder (appended to; existing shards are kept)."),
+    routes: str | None = typer.Option(None, "--routes", help="Route XML; without it, random routes."),
+    route_id: list[str] | None = typer.Option(None, "--route-id", help="Only these route ids (repeatable)."),
+    agent: str | None = typer.Option(
+        None, "--agent", help="Privileged agent (default: expert, else lane_follow)."
+    ),
+    hz: int = typer.Option(4, "--hz", help="Recorded frames per second (the simulation runs at 20 Hz)."),
+    num_routes: int = typer.Option(2, "--num-routes", help="Random routes when --routes is not given."),
+    vehicles: int = typer.Option(20, "--vehicles"),
+    pedestrians: int = typer.Option(5, "--pedestrians"),
+    seed: int = typer.Option(0, "--seed"),
+    max_ticks: int = typer.Option(4000, "--max-ticks", help="Tick cap per route."),
+    shard_frames: int = typer.Option(512, "--shard-frames", help="Frames per Parquet shard (target)."),
+    image_format: str = typer.Option("png", "--image-format", help="png (lossless) or jpeg."),
+) -> None:
+    """Record expert driving (labels + bucket tags + scene snapshots) as a dataset."""
+    from envs.dataset import DatasetError
+    from envs.maps.build import MapError
+    from envs.routes import RouteFileError
+    from envs.sumo_backend import SimulatorError
+
+    if not 1 <= hz <= 20:
+        _fail("--hz must be between 1 and 20")
+    job = CollectJob(
+        map=map,
+        out=out,
+        routes=routes,
+        route_ids=route_id or None,
+        agent=agent,
+        hz=hz,
+        num_routes=num_routes,
+        seed=seed,
+        vehicles=vehicles,
+        pedestrians=pedestrians,
+        max_ticks=max_ticks,
+        shard_frames=shard_frames,
+        image_format=image_format,
+        log=typer.echo,
+    )
+    try:
+        collect_expert(job)
+    except (MapError, RouteFileError, SimulatorError, DatasetError, ValueError) as exc:
+        _fail(str(exc))
+
+
+@data_app.command("inspect")
+def inspect_cmd(
+    path: Path = typer.Argument(..., help="Dataset folder."),
+    out: Path | None = typer.Option(None, "--out", help="Figure folder (default DIR/inspect)."),
+    num_figures: int = typer.Option(4, "--num-figures", help="Segments to render."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Summarise a dataset (frames, segments by trigger, buckets, routes) and render a few segments."""
+    from envs.dataset import DatasetError
+
+    try:
+        summary, figures = inspect_dataset(path, out, num_figures)
+    except DatasetError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(summary, indent=1) if as_json else _summary_text(summary))
+    for f in figures:
+        typer.echo(f"figure: {f}")
+
+
+@collect_app.command("takeover")
+def collect_takeover_cmd(
+    policy: str = typer.Option(..., "--policy", help="Policy that drives (name or module:Class)."),
+    map: str = typer.Option(
+        ..., "--map", help="Map name, OpenDRIVE / .net.xml file or a folder of TownXX.xodr."
+    ),
+    out: Path = typer.Option(..., "--out", help="Dataset folder (appended to; existing shards are kept)."),
+    routes: str | None = typer.Option(None, "--routes", help="Route XML; without it, random routes."),
+    route_id: list[str] | None = typer.Option(None, "--route-id", help="Only these route ids (repeatable)."),
+    expert: str | None = typer.Option(
+        None, "--expert", help="Shadow expert (default: expert, else lane_follow)."
+    ),
+    trigger: list[str] | None = typer.Option(
+        None, "--trigger", help="Triggers (default follow, collision, restart)."
+    ),
+    t_pre: int = typer.Option(20, "--t-pre"),
+    t_take: int = typer.Option(50, "--t-take"),
+    num_routes: int = typer.Option(2, "--num-routes", help="Random routes when --routes is not given."),
+    vehicles: int = typer.Option(20, "--vehicles"),
+    pedestrians: int = typer.Option(5, "--pedestrians"),
+    seed: int = typer.Option(0, "--seed"),
+    max_ticks: int = typer.Option(4000, "--max-ticks", help="Tick cap per route."),
+    shard_frames: int = typer.Option(512, "--shard-frames"),
+    image_format: str = typer.Option("png", "--image-format"),
+) -> None:
+    """Drive a policy with the expert in shadow mode and record takeover segments
+    (`envs.takeover.TakeoverCollector`)."""
+    from envs.buckets import tag_frames
+    from envs.dataset import DatasetError, DatasetWriter
+    from envs.driving_env import DrivingEnv, EnvConfig
+    from envs.maps.build import MapError
+    from envs.routes import RouteFileError
+    from envs.sumo_backend import SimulatorError, TrafficConfig
+    from envs.takeover import TakeoverCollector, TakeoverConfig
+    from policies.base import make_agent
+    from takeover.drive import DriveJob, plan_jobs
+
+    try:
+        pol = make_agent(policy)
+        exp = make_agent(expert or default_expert_agent())
+        cfg_t = TakeoverConfig(
+            t_pre=t_pre, t_take=t_take, triggers=list(trigger) if trigger else TakeoverConfig().triggers
+        )
+        writer = DatasetWriter(out, kind="takeover", shard_frames=shard_frames, image_format=image_format)
+        groups = plan_jobs(
+            DriveJob(
+                map=map,
+                out=out,
+                routes=routes,
+                route_ids=route_id or None,
+                num_random_routes=num_routes,
+                log=typer.echo,
+            )
+        )
+        total: dict[str, int] = {}
+        for map_path, specs in groups:
+            cfg = EnvConfig(
+                map=map_path,
+                routes=routes if specs else None,
+                route_ids=[s.route_id for s in specs] if specs else None,
+                traffic=TrafficConfig(vehicles=vehicles, pedestrians=pedestrians),
+                max_ticks=max_ticks,
+            )
+            env = DrivingEnv(cfg)
+            try:
+                collector = TakeoverCollector(env, pol, exp, cfg_t)
+                n = len(specs) if specs is not None else num_routes
+                for k in range(n):
+                    options = {"route_id": specs[k].route_id} if specs else {}
+                    segs = collector.run_episode(options, seed=seed + k)
+                    for seg in segs:
+                        if not seg.frames:
+                            continue
+                        seg.segment_id = f"{seg.segment_id}-seed{seed + k}"
+                        if seg.segment_id in writer.segment_ids:
+                            continue
+                        if not any(f.buckets for f in seg.frames):
+                            tag_frames(seg.frames)
+                        writer.add_segment(seg)
+                        total[seg.trigger] = total.get(seg.trigger, 0) + 1
+                    typer.echo(
+                        f"{env.route.route_id}: {len(segs)} takeover segments "
+                        f"({', '.join(s.trigger for s in segs) or '-'})"
+                    )
+            finally:
+                env.close()
+        writer.close()
+    except (MapError, RouteFileError, SimulatorError, DatasetError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"takeover data: {sum(total.values())} segments {total} -> {out}")
