@@ -67,3 +67,75 @@ class TakeoverSegment:
                 f"segment {self.segment_id}: pre_takeover mask has {len(self.pre_takeover)} entries "
                 f"for {len(self.frames)} frames"
             )
+
+
+# ------------------------------------------------------------------------------ building frames
+def scene_frame(scene, obs, route_id: str, town: str, with_image: bool = True, **fields: object) -> Frame:
+    """A Frame of the tick `scene` / `obs` show: the observation and the scene snapshot, futures NaN
+    until `fill_futures`; `fields` sets labels, control, driver, ..."""
+    ego, agents = scene.ego, scene.agents
+    n = len(agents)
+    image = obs.image if with_image else None
+    return Frame(
+        tick=int(scene.tick),
+        route_id=str(route_id),
+        town=town,
+        image=None if image is None else np.asarray(image).copy(),
+        speed=float(obs.speed),
+        target_points=np.asarray(obs.target_points, np.float32).copy(),
+        command=int(obs.command),
+        ego=np.array([ego.x, ego.y, ego.yaw, ego.speed], np.float64),
+        agent_ids=list(agents.ids),
+        agent_kind=np.asarray(agents.kind, np.int8).copy(),
+        agent_box=np.asarray(agents.box, np.float64).reshape(-1, 5).copy(),
+        agent_speed=np.asarray(agents.speed, np.float64).copy(),
+        agent_future=np.full((n, FUTURE_STEPS, 5), np.nan),
+        expert_future=np.full((FUTURE_STEPS, 3), np.nan),
+        **fields,
+    )
+
+
+@dataclass
+class SceneSnapshot:
+    """What later frames need of one tick: the ego pose and every agent's box by id."""
+
+    ego: np.ndarray  # x, y, yaw, speed
+    boxes: dict[str, np.ndarray]
+
+
+def snapshot(scene) -> SceneSnapshot:
+    e = scene.ego
+    box = np.asarray(scene.agents.box, np.float64).reshape(-1, 5)
+    boxes = {i: box[k].copy() for k, i in enumerate(scene.agents.ids)}
+    return SceneSnapshot(np.array([e.x, e.y, e.yaw, e.speed]), boxes)
+
+
+def future_ticks(tick: int, tick_dt: float = 0.05) -> np.ndarray:
+    """The ticks of a frame's FUTURE_STEPS future samples (every FUTURE_DT seconds)."""
+    every = max(round(FUTURE_DT / tick_dt), 1)
+    return tick + every * np.arange(1, FUTURE_STEPS + 1)
+
+
+def fill_agent_futures(frame: Frame, snapshots: dict[int, SceneSnapshot]) -> None:
+    """`frame.agent_future` from the snapshots of its future ticks (NaN where an agent is gone or the
+    episode ended)."""
+    fut = np.full((len(frame.agent_ids), FUTURE_STEPS, 5), np.nan)
+    for j, t in enumerate(future_ticks(frame.tick).tolist()):
+        snap = snapshots.get(t)
+        if snap is None:
+            continue
+        for k, aid in enumerate(frame.agent_ids):
+            b = snap.boxes.get(aid)
+            if b is not None:
+                fut[k, j] = b
+    frame.agent_future = fut
+
+
+def driven_future(frame: Frame, snapshots: dict[int, SceneSnapshot]) -> np.ndarray:
+    """The ego's recorded poses (x, y, yaw) at the frame's future ticks (NaN past the episode's end)."""
+    out = np.full((FUTURE_STEPS, 3), np.nan)
+    for j, t in enumerate(future_ticks(frame.tick).tolist()):
+        snap = snapshots.get(t)
+        if snap is not None:
+            out[j] = snap.ego[:3]
+    return out

@@ -39,7 +39,18 @@ from typing import Any
 import numpy as np
 
 from envs.geometry import from_ego_frame
-from envs.segments import FUTURE_DT, FUTURE_STEPS, Frame, TakeoverSegment
+from envs.segments import (
+    FUTURE_DT,
+    FUTURE_STEPS,
+    Frame,
+    SceneSnapshot,
+    TakeoverSegment,
+    driven_future,
+    fill_agent_futures,
+    future_ticks,
+    scene_frame,
+    snapshot,
+)
 from envs.triggers import TickInfo, config_from_dict, make_trigger
 
 Labeler = Callable[[Any, str, bool], str]
@@ -58,12 +69,6 @@ class TakeoverConfig:
     @staticmethod
     def from_dict(d: dict | None) -> TakeoverConfig:
         return config_from_dict(TakeoverConfig, d)
-
-
-@dataclass
-class _Snapshot:
-    ego: np.ndarray  # x, y, yaw, speed
-    boxes: dict[str, np.ndarray]
 
 
 @dataclass
@@ -98,7 +103,6 @@ class TakeoverCollector:
         ]
         self.labeler = labeler
         self.on_segment = on_segment
-        self.future_every = max(round(FUTURE_DT / 0.05), 1)  # ticks between future samples
         self.episodes = 0
         self.log: list[tuple[int, str]] = []  # (tick, driver) of every tick of the last episode
 
@@ -116,9 +120,9 @@ class TakeoverCollector:
         self.episodes += 1
         self.log = []
         town = getattr(route, "town", "") or ""
-        horizon = FUTURE_STEPS * self.future_every
+        horizon = int(future_ticks(0)[-1])  # ticks from a frame to its last future sample
         history: deque[tuple[Frame, Any]] = deque(maxlen=cfg.t_pre)  # policy frames before now
-        snapshots: dict[int, _Snapshot] = {}
+        snapshots: dict[int, SceneSnapshot] = {}
         open_segs: list[_Open] = []
         done: list[TakeoverSegment] = []
         take_left = 0
@@ -130,7 +134,7 @@ class TakeoverCollector:
                 scene = env.scene
                 obs = env.observation()
                 tick = int(scene.tick)
-                snapshots[tick] = self._snapshot(scene)
+                snapshots[tick] = snapshot(scene)
                 pol = self.policy.act(obs, scene if getattr(self.policy, "privileged", False) else None)
                 exp = self.expert.act(obs, scene)
                 room = cfg.max_segments is None or len(done) + len(open_segs) < cfg.max_segments
@@ -165,7 +169,7 @@ class TakeoverCollector:
                 n_ticks += 1
                 # Finalise segments whose last frame's future (2 s) has been simulated.
                 now = int(env.scene.tick)
-                snapshots[now] = self._snapshot(env.scene)
+                snapshots[now] = snapshot(env.scene)
                 for o in [o for o in open_segs if o.complete and now >= o.segment.frames[-1].tick + horizon]:
                     open_segs.remove(o)
                     done.append(self._finalise(o, snapshots, truncated=False))
@@ -230,43 +234,26 @@ class TakeoverCollector:
     def _frame(
         self, scene: Any, obs: Any, pol: Any, exp: Any, out: Any, driver: str, route: Any, town: str
     ) -> Frame:
-        ego = scene.ego
-        agents = scene.agents
         es = getattr(exp, "expert", None)
         hazards = [k for k, v in (getattr(es, "hazards", {}) or {}).items() if v] if es is not None else []
         cause = getattr(es, "cause", None) if es is not None else None
-        image = obs.image if self.config.record_images else None
         pp = getattr(pol, "path", None)
-        return Frame(
-            tick=int(scene.tick),
-            route_id=str(route.route_id),
-            town=town,
-            image=None if image is None else np.asarray(image).copy(),
-            speed=float(obs.speed),
-            target_points=np.asarray(obs.target_points, np.float32).copy(),
-            command=int(obs.command),
+        return scene_frame(
+            scene, obs, str(route.route_id), town, with_image=self.config.record_images,
             control=out.control.as_array().astype(np.float32),
             driver=driver,
             policy_path=None if pp is None else np.asarray(pp, np.float32).copy(),
-            ego=np.array([ego.x, ego.y, ego.yaw, ego.speed], np.float64),
-            agent_ids=list(agents.ids),
-            agent_kind=np.asarray(agents.kind, np.int8).copy(),
-            agent_box=np.asarray(agents.box, np.float64).reshape(-1, 5).copy(),
-            agent_speed=np.asarray(agents.speed, np.float64).copy(),
             hazards=hazards,
             cause="" if cause is None else str(cause.kind),
         )
 
-    @staticmethod
-    def _snapshot(scene: Any) -> _Snapshot:
-        e = scene.ego
-        a = scene.agents
-        box = np.asarray(a.box, np.float64).reshape(-1, 5)
-        boxes = {i: box[k].copy() for k, i in enumerate(a.ids)}
-        return _Snapshot(np.array([e.x, e.y, e.yaw, e.speed]), boxes)
-
     def _prune(
-        self, snapshots: dict[int, _Snapshot], open_segs: list[_Open], history: deque, now: int, horizon: int
+        self,
+        snapshots: dict[int, SceneSnapshot],
+        open_segs: list[_Open],
+        history: deque,
+        now: int,
+        horizon: int,
     ) -> None:
         oldest = now - horizon - len(history) - 1
         for o in open_segs:
@@ -276,23 +263,12 @@ class TakeoverCollector:
             del snapshots[t]
 
     def _finalise(
-        self, o: _Open, snapshots: dict[int, _Snapshot], truncated: bool, episode_ended: bool = False
+        self, o: _Open, snapshots: dict[int, SceneSnapshot], truncated: bool, episode_ended: bool = False
     ) -> TakeoverSegment:
         seg = o.segment
-        every = self.future_every
         for frame, exp in zip(seg.frames, o.expert_outputs, strict=True):
-            fut_ticks = frame.tick + every * np.arange(1, FUTURE_STEPS + 1)
-            fut = np.full((len(frame.agent_ids), FUTURE_STEPS, 5), np.nan)
-            for j, t in enumerate(fut_ticks.tolist()):
-                snap = snapshots.get(t)
-                if snap is None:
-                    continue
-                for k, aid in enumerate(frame.agent_ids):
-                    b = snap.boxes.get(aid)
-                    if b is not None:
-                        fut[k, j] = b
-            frame.agent_future = fut
-            frame.expert_future = self._expert_future(frame, exp, fut_ticks, snapshots)
+            fill_agent_futures(frame, snapshots)
+            frame.expert_future = self._expert_future(frame, exp, snapshots)
         seg.info["truncated"] = bool(truncated)
         seg.info["takeover_frames"] = int(np.count_nonzero(~seg.pre_takeover))
         if episode_ended:
@@ -303,17 +279,13 @@ class TakeoverCollector:
 
     @staticmethod
     def _expert_future(
-        frame: Frame, exp: Any, fut_ticks: np.ndarray, snapshots: dict[int, _Snapshot]
+        frame: Frame, exp: Any, snapshots: dict[int, SceneSnapshot]
     ) -> np.ndarray:
         x, y, yaw = float(frame.ego[0]), float(frame.ego[1]), float(frame.ego[2])
         sw = getattr(exp, "speed_waypoints", None)
-        out = np.full((FUTURE_STEPS, 3), np.nan)
         if sw is None or len(sw) < 2:
-            for j, t in enumerate(fut_ticks.tolist()):
-                snap = snapshots.get(t)
-                if snap is not None:
-                    out[j] = snap.ego[:3]
-            return out
+            return driven_future(frame, snapshots)
+        out = np.full((FUTURE_STEPS, 3), np.nan)
         sw = np.asarray(sw, np.float64)
         t_wp = np.concatenate([[0.0], 0.25 * np.arange(1, len(sw) + 1)])
         pts = np.concatenate([[[0.0, 0.0]], sw], axis=0)

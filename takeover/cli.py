@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from takeover.cli_errors import fail as _fail
 from takeover.data_cli import collect_app, data_app
 from takeover.scenarios_cli import scenarios_app
 
@@ -20,11 +21,6 @@ app.add_typer(maps_app, name="maps")
 app.add_typer(scenarios_app, name="scenarios")
 app.add_typer(collect_app, name="collect")
 app.add_typer(data_app, name="data")
-
-
-def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 @app.command()

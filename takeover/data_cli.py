@@ -21,17 +21,22 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from envs.segments import FUTURE_DT, FUTURE_STEPS, Frame, TakeoverSegment
+from envs.geometry import box_corners
+from envs.segments import (
+    Frame,
+    SceneSnapshot,
+    TakeoverSegment,
+    driven_future,
+    fill_agent_futures,
+    scene_frame,
+    snapshot,
+)
+from takeover.cli_errors import fail as _fail
 
 collect_app = typer.Typer(help="Record datasets: expert driving and takeovers.", no_args_is_help=True)
 data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
 
 TICK_DT = 0.05
-
-
-def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 class Progress:
@@ -77,53 +82,22 @@ def default_expert_agent() -> str:
 # ------------------------------------------------------------------------------- expert recording
 def frame_from_tick(env, out, route_id: str, town: str) -> Frame:
     """A Frame for the current tick of `env` with the labels of agent output `out` (futures empty)."""
-    scene, obs = env.scene, env.observation()
-    ego, agents = scene.ego, scene.agents
     exp = out.expert
     hazards = sorted(k for k, v in (exp.hazards if exp else {}).items() if v)
     if exp is not None and exp.lane_change:
         hazards.append(f"lane_change_{exp.lane_change}")
     target_speed = exp.target_speed if exp is not None else out.info.get("target_speed", float("nan"))
-    return Frame(
-        tick=int(scene.tick),
-        route_id=route_id,
-        town=town,
-        image=obs.image,
-        speed=float(obs.speed),
-        target_points=np.asarray(obs.target_points, np.float32),
-        command=int(obs.command),
+    return scene_frame(
+        env.scene, env.observation(), route_id, town,
         language=out.language,
         path=None if out.path is None else np.asarray(out.path, np.float64),
         speed_waypoints=None if out.speed_waypoints is None else np.asarray(out.speed_waypoints, np.float64),
         target_speed=float(target_speed) if target_speed is not None else float("nan"),
         control=out.control.as_array(),
         driver="expert",
-        ego=np.array([ego.x, ego.y, ego.yaw, ego.speed], np.float64),
-        agent_ids=list(agents.ids),
-        agent_kind=np.asarray(agents.kind, np.int8).copy(),
-        agent_box=np.asarray(agents.box, np.float64).copy(),
-        agent_speed=np.asarray(agents.speed, np.float64).copy(),
-        agent_future=np.full((len(agents), FUTURE_STEPS, 5), np.nan),
-        expert_future=np.full((FUTURE_STEPS, 3), np.nan),
         hazards=hazards,
         cause=exp.cause.kind if exp is not None and exp.cause is not None else "",
     )
-
-
-def fill_futures(frames: list[Frame], snapshots: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]]) -> None:
-    """Fill `agent_future` and `expert_future` (2 s at 5 Hz) from the per-tick snapshots (ego x, y, yaw;
-    agent id -> box); NaN where an agent is gone or the episode ended."""
-    every = max(round(FUTURE_DT / TICK_DT), 1)
-    for f in frames:
-        for j in range(FUTURE_STEPS):
-            snap = snapshots.get(f.tick + (j + 1) * every)
-            if snap is None:
-                continue
-            f.expert_future[j] = snap[0]
-            for k, aid in enumerate(f.agent_ids):
-                box = snap[1].get(aid)
-                if box is not None:
-                    f.agent_future[k, j] = box
 
 
 def record_expert_route(env, agent, options: dict, seed: int, hz: int, progress: Progress | None = None):
@@ -135,13 +109,10 @@ def record_expert_route(env, agent, options: dict, seed: int, hz: int, progress:
     agent.reset(env.route)
     rid, town = env.route.route_id, env.route.town or ""
     frames: list[Frame] = []
-    snapshots: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
+    snapshots: dict[int, SceneSnapshot] = {}
     while True:
         scene = env.scene
-        snapshots[int(scene.tick)] = (
-            np.array([scene.ego.x, scene.ego.y, scene.ego.yaw]),
-            {aid: scene.agents.box[k].copy() for k, aid in enumerate(scene.agents.ids)},
-        )
+        snapshots[int(scene.tick)] = snapshot(scene)
         out = agent.act(env.observation(), scene if agent.privileged else None)
         if scene.tick % every == 0:
             frames.append(frame_from_tick(env, out, rid, town))
@@ -149,13 +120,11 @@ def record_expert_route(env, agent, options: dict, seed: int, hz: int, progress:
         if progress is not None:
             progress.update(1, completion=f"{info['completion']:.1f}%", frames=len(frames))
         if terminated or truncated:
-            scene = env.scene
-            snapshots[int(scene.tick)] = (
-                np.array([scene.ego.x, scene.ego.y, scene.ego.yaw]),
-                {aid: scene.agents.box[k].copy() for k, aid in enumerate(scene.agents.ids)},
-            )
+            snapshots[int(env.scene.tick)] = snapshot(env.scene)
             break
-    fill_futures(frames, snapshots)
+    for f in frames:  # the expert drove: its future trajectory is the one driven
+        fill_agent_futures(f, snapshots)
+        f.expert_future = driven_future(f, snapshots)
     tag_frames(frames)
     return frames, env.record()
 
@@ -328,13 +297,6 @@ def _summary_text(s: dict) -> str:
 _KIND_COLORS = ["tab:blue", "tab:orange", "tab:cyan", "tab:gray", "tab:red", "tab:purple", "gold"]
 
 
-def _box_corners(box: np.ndarray) -> np.ndarray:
-    x, y, yaw, hl, hw = box
-    c, s = np.cos(yaw), np.sin(yaw)
-    local = np.array([[hl, hw], [hl, -hw], [-hl, -hw], [-hl, hw]])
-    return np.stack([x + c * local[:, 0] - s * local[:, 1], y + s * local[:, 0] + c * local[:, 1]], axis=1)
-
-
 def draw_bev(ax, f: Frame, radius: float = 32.0) -> None:
     """Bird's-eye view of a frame's scene snapshot in the ego frame (forward = up): agents (colour by
     kind) with their future centres, the expert's future trajectory, label path / speed waypoints (green)
@@ -348,7 +310,7 @@ def draw_bev(ax, f: Frame, radius: float = 32.0) -> None:
         return -p[:, 1], p[:, 0]
 
     for k in range(len(f.agent_ids)):
-        corners = to_ego_frame(_box_corners(f.agent_box[k]), ex, ey, eyaw)
+        corners = to_ego_frame(box_corners(np.asarray(f.agent_box[k], np.float64)), ex, ey, eyaw)
         col = _KIND_COLORS[int(f.agent_kind[k]) % len(_KIND_COLORS)]
         u, v = up(np.vstack([corners, corners[:1]]))
         ax.fill(u, v, color=col, alpha=0.8)
@@ -356,7 +318,7 @@ def draw_bev(ax, f: Frame, radius: float = 32.0) -> None:
         fut = fut[np.isfinite(fut).all(axis=1)]
         if len(fut):
             ax.plot(*up(to_ego_frame(fut, ex, ey, eyaw)), ".", color=col, ms=2)
-    u, v = up(_box_corners(np.array([0.0, 0.0, 0.0, 2.45, 1.06])))
+    u, v = up(box_corners(np.array([0.0, 0.0, 0.0, 2.45, 1.06])))
     ax.fill(np.append(u, u[0]), np.append(v, v[0]), color="black")
     ef = f.expert_future[:, :2]
     ef = ef[np.isfinite(ef).all(axis=1)]

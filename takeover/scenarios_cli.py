@@ -8,15 +8,12 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from takeover.cli_errors import fail as _fail
+
 scenarios_app = typer.Typer(
     help="Bench2Drive scenario types: catalogue, sampling them onto training routes, a gallery.",
     no_args_is_help=True,
 )
-
-
-def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 def _md(text: str) -> str:

@@ -19,22 +19,9 @@ SMALL = ["--map", "urban_grid", "--num-routes", "1", "--vehicles", "5", "--pedes
 
 def test_collect_expert_writes_readable_dataset_and_inspect_renders(tmp_path):
     out = tmp_path / "expert"
-    res = runner.invoke(
-        app,
-        [
-            "collect",
-            "expert",
-            *SMALL,
-            "--out",
-            str(out),
-            "--agent",
-            "lane_follow",
-            "--max-ticks",
-            "80",
-            "--seed",
-            "1",
-        ],
-    )
+    collect = ["collect", "expert", *SMALL, "--out", str(out), "--agent", "lane_follow", "--max-ticks", "80",
+               "--seed", "1"]
+    res = runner.invoke(app, collect)
     assert res.exit_code == 0, res.output
     ds = open_dataset(out)
     assert ds.kind == "expert"
@@ -62,22 +49,7 @@ def test_collect_expert_writes_readable_dataset_and_inspect_renders(tmp_path):
         assert np.isfinite(f.agent_future[:, 0, :2]).any()
 
     # resume: the route is already there, nothing new is written
-    res = runner.invoke(
-        app,
-        [
-            "collect",
-            "expert",
-            *SMALL,
-            "--out",
-            str(out),
-            "--agent",
-            "lane_follow",
-            "--max-ticks",
-            "80",
-            "--seed",
-            "1",
-        ],
-    )
+    res = runner.invoke(app, collect)
     assert res.exit_code == 0 and "skipped" in res.output
     assert len(open_dataset(out)) == len(seg.frames)
 
