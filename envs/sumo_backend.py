@@ -290,7 +290,7 @@ class SumoBackend:
         edges: list[str],
         lane: int,
         pos: float,
-        speed: float,
+        speed: float | str,
         vclass: str = "passenger",
         kind: int | None = None,
         color: tuple[int, int, int] | None = None,
@@ -298,7 +298,8 @@ class SumoBackend:
         max_speed: float | None = None,
     ) -> None:
         """Insert a vehicle for a scenario at `pos` metres (front bumper) on lane `lane` of the first edge,
-        driving along `edges`. `vclass` is a SUMO vehicle class (passenger, bicycle, emergency, ...);
+        driving along `edges` at `speed` m/s (or "max": the highest safe speed, so that SUMO does not hold
+        the insertion back). `vclass` is a SUMO vehicle class (passenger, bicycle, emergency, ...);
         `length` overrides the class's length; `max_speed` caps its speed (m/s)."""
         self._check()
         ls = self.ls
@@ -326,7 +327,7 @@ class SumoBackend:
             typeID=vtype,
             departLane=str(lane),
             departPos=str(max(pos, 0.0)),
-            departSpeed=str(max(speed, 0.0)),
+            departSpeed=speed if isinstance(speed, str) else str(max(speed, 0.0)),
         )
         if max_speed is not None:
             ls.vehicle.setMaxSpeed(vid, float(max_speed))

@@ -11,12 +11,23 @@ waypoints and the language. On top of it, every tick the expert
    else into the opposite lane once a clearance check finds no oncoming vehicle that could reach the
    bypass before the ego has left it), or a lane change to let an emergency vehicle approaching from
    behind pass. The shifted route (smooth ramps, speed limit capped at `bypass_speed` on the bypass) is
-   handed to lane_follow in place of the real one, so its IDM and controller drive it;
+   handed to lane_follow in place of the real one, so its IDM and controller drive it. A bypass of
+   moving cyclists lasts until the ego is past them (as far as the lanes allow the offset); an
+   opposite-lane bypass not yet alongside its obstacle is given up when oncoming traffic appears;
 2. forecasts the ego with the chosen control (PDM-Lite's kinematic bicycle, `envs.dynamics`) and every
    moving agent at constant velocity for `forecast_s` (2 s; 1.1 s while a shift is active) and brakes
    when an oriented ego box overlaps an agent box (agents starting behind the ego are ignored: they
    must yield);
-3. applies the stuck rule: after `stuck_s` at standstill with no red light / stop sign / route end as the
+3. holds for a gap: once a forecast collision has stopped it (below `hold_speed`),
+   it stays stopped until the route ahead is clear for `gap_s` (4 s) of accelerating along the route
+   against every moving agent that does not drive its way, so that it does not inch, tick by tick,
+   into a stream of crossing or merging traffic. After `push_after_s` without such a gap it takes one
+   that vehicles can leave it by braking at `yield_decel` (6 m/s^2) 0.3 s after it enters their path,
+   as drivers nose into dense streams (and as scenario-runner's flow vehicles brake for a car in their
+   path), and stays committed for `commit_s`: it brakes only for what others' emergency braking
+   (`commit_decel`) would not avoid and its own braking would, and otherwise drives on rather than stop
+   inside the conflict;
+4. applies the stuck rule: after `stuck_s` at standstill with no red light / stop sign / route end as the
    cause, it creeps for `creep_s` at `creep_speed`, ignoring vehicle constraints (pedestrians still stop
    it).
 
@@ -35,7 +46,7 @@ import numba
 import numpy as np
 
 from envs.dynamics import rollout_controls
-from envs.geometry import overlap_mask, overlaps_any, polyline_frenet
+from envs.geometry import boxes_overlap, overlap_mask, overlaps_any, polyline_frenet
 from envs.scene import AgentKind, Observation, Route, Scene
 from policies.base import AgentOutput, Cause, Control, register_agent
 from policies.simple_agent import _CAUSE_NAMES, LaneFollowAgent
@@ -45,21 +56,49 @@ DT = 0.05
 BLOCKING = (int(AgentKind.PARKED_VEHICLE), int(AgentKind.STATIC), int(AgentKind.CONE))
 MOVING = 0.3  # m/s: agents faster than this are forecast
 HOLD_CAUSES = ("red_light", "yellow_light", "stop_sign", "route_end")
+GAP_DT = 0.1  # s, step of the gap check's ego trajectory
+YIELD_REACTION_S = 0.3  # s before an agent the ego cuts in front of is assumed to brake
+YIELD_DETECT_M, YIELD_DETECT_S = 5.0, 1.0  # it notices the ego this far ahead of it (m + s of travel)
+YIELDING_KINDS = (int(AgentKind.VEHICLE),)  # agents assumed to brake for an ego that takes a gap
+SAME_WAY = math.cos(math.radians(30.0))  # agents heading within 30 deg of the ego are its leaders (IDM)
 
 
 @numba.njit(cache=True)
-def _first_overlap(traj, hl, hw, boxes, vel, dt):  # pragma: no cover - numba
-    """Row of `boxes` (moving at `vel`) first overlapped by the ego box along `traj` (K, 4), or -1."""
-    moved = boxes.copy()
+def _first_overlap(traj, hl, hw, boxes, vel, dt, decel, reaction):  # pragma: no cover - numba
+    """Row of `boxes` first overlapped by the ego box (half sizes hl, hw) along `traj` (K, >=3: x, y, yaw,
+    one row per `dt`), or -1. Agents move at constant velocity, except that an agent with `decel[i] > 0`
+    brakes at that rate `reaction` s after the ego box first enters its path (its box stretched ahead by
+    YIELD_DETECT_M + YIELD_DETECT_S of travel: how far a driver, or CARLA's BasicAgent, looks)."""
+    n = boxes.shape[0]
+    pos = boxes.copy()
+    speed = np.sqrt(vel[:, 0] ** 2 + vel[:, 1] ** 2)
+    u = speed.copy()
+    seen = np.full(n, -1.0)
     ego_box = np.empty(5)
     ego_box[3], ego_box[4] = hl, hw
+    probe = np.empty(5)
     for k in range(traj.shape[0]):
         t = (k + 1) * dt
-        for i in range(boxes.shape[0]):
-            moved[i, 0] = boxes[i, 0] + vel[i, 0] * t
-            moved[i, 1] = boxes[i, 1] + vel[i, 1] * t
         ego_box[0], ego_box[1], ego_box[2] = traj[k, 0], traj[k, 1], traj[k, 2]
-        i = overlaps_any(ego_box, moved)
+        for i in range(n):
+            if speed[i] <= 0.0:
+                continue
+            hx, hy = vel[i, 0] / speed[i], vel[i, 1] / speed[i]
+            if decel[i] > 0.0:
+                if seen[i] < 0.0:
+                    reach = YIELD_DETECT_M + YIELD_DETECT_S * u[i]
+                    probe[0] = pos[i, 0] + hx * 0.5 * reach
+                    probe[1] = pos[i, 1] + hy * 0.5 * reach
+                    probe[2] = math.atan2(hy, hx)
+                    probe[3] = pos[i, 3] + 0.5 * reach
+                    probe[4] = pos[i, 4] + 0.3
+                    if boxes_overlap(ego_box, probe):
+                        seen[i] = t
+                if seen[i] >= 0.0 and t - seen[i] > reaction:
+                    u[i] = max(u[i] - decel[i] * dt, 0.0)
+            pos[i, 0] += hx * u[i] * dt
+            pos[i, 1] += hy * u[i] * dt
+        i = overlaps_any(ego_box, pos)
         if i >= 0:
             return i
     return -1
@@ -76,6 +115,8 @@ class Shift:
     offset: float  # metres, + = left
     reason: str  # "bypass" / "emergency"
     agent_id: str | None = None
+    blockers: tuple[str, ...] = ()  # moving agents a bypass overtakes (its end follows them)
+    opposite: bool = False  # through the opposite-direction lane
 
 
 @register_agent("expert")
@@ -96,6 +137,13 @@ class ExpertAgent:
         creep_s: float = 4.0,
         creep_speed: float = 2.0,
         emergency_distance: float = 60.0,
+        hold_speed: float = 4.0,
+        gap_s: float = 4.0,
+        gap_accel: float = 2.0,
+        push_after_s: float = 3.0,
+        yield_decel: float = 6.0,
+        commit_s: float = 3.0,
+        commit_decel: float = 7.0,
         **lane_follow: float,
     ) -> None:
         self.base = LaneFollowAgent(**lane_follow)
@@ -108,6 +156,13 @@ class ExpertAgent:
         self.creep_ticks = round(creep_s / DT)
         self.creep_speed = creep_speed
         self.emergency_distance = emergency_distance
+        self.hold_speed = hold_speed
+        self.gap_steps = round(gap_s / GAP_DT)
+        self.gap_accel = gap_accel
+        self.push_ticks = round(push_after_s / DT)
+        self.yield_decel = yield_decel
+        self.commit_ticks = round(commit_s / DT)
+        self.commit_decel = commit_decel
         self._route: Route | None = None
 
     # ---------------------------------------------------------------------------------- setup
@@ -118,6 +173,9 @@ class ExpertAgent:
         self.shift: Shift | None = None
         self._still = 0
         self._creep = 0
+        self._hold = False
+        self._held = 0  # ticks held so far
+        self._commit = 0  # ticks left of a committed gap (vehicles assumed to yield)
         self._idx = -1
         self._pts = np.ascontiguousarray(np.asarray(route.points, np.float64))
         self._cum = np.ascontiguousarray(np.asarray(route.cum_length, np.float64))
@@ -169,7 +227,23 @@ class ExpertAgent:
 
         # Forecast: ego with this control, agents at constant velocity.
         steps = self.forecast_lc_steps if self.shift is not None else self.forecast_steps
-        hit = self._forecast_collision(scene, ctrl, steps, pedestrians_only=creeping)
+        committed = self._commit > 0
+        self._commit = max(self._commit - 1, 0)
+        hit = self._forecast_collision(scene, ctrl, steps, yielding=committed)
+        if hit is not None and committed and self._forecast_collision(
+                scene, Control(0.0, 1.0, ctrl.steer), steps, yielding=True) is not None:
+            hit = None  # stopping would not avoid it either: clear the conflict instead of stopping in it
+        if hit is not None and v < self.hold_speed:
+            if not self._hold:
+                self._hold, self._held = True, 0
+            self._commit = 0
+        elif self._hold:
+            assertive = self._held >= self.push_ticks
+            hit = self._gap_conflict(scene, s_ego, v, yielding=assertive)
+            if hit is None:
+                self._hold = False
+                self._commit = self.commit_ticks if assertive else 0
+        self._held += int(self._hold)
         if hit is not None:
             k, dist = hit
             ctrl = Control(0.0, 1.0, ctrl.steer)
@@ -216,9 +290,10 @@ class ExpertAgent:
 
     # -------------------------------------------------------------------------------- forecast
     def _forecast_collision(
-        self, scene: Scene, ctrl: Control, steps: int, pedestrians_only: bool
+        self, scene: Scene, ctrl: Control, steps: int, yielding: bool = False
     ) -> tuple[int, float] | None:
-        """(agent index, distance) of the first agent the ego would hit within `steps` ticks, or None."""
+        """(agent index, distance) of the first agent the ego would hit within `steps` ticks, or None.
+        `yielding`: vehicles brake at `yield_decel` after a reaction time (committed to a gap)."""
         agents = scene.agents
         if not len(agents):
             return None
@@ -229,8 +304,6 @@ class ExpertAgent:
         dx, dy = box[:, 0] - ego.x, box[:, 1] - ego.y
         fwd = dx * math.cos(ego.yaw) + dy * math.sin(ego.yaw)
         sel = (speed > MOVING) & (dx * dx + dy * dy < reach * reach) & (fwd > -ego.half_length)
-        if pedestrians_only:
-            sel &= agents.kind == int(AgentKind.PEDESTRIAN)
         cand = np.flatnonzero(sel)
         if not len(cand):
             return None
@@ -241,12 +314,76 @@ class ExpertAgent:
             return None  # standing still: whatever comes is not ours to avoid
         boxes = np.ascontiguousarray(box[cand], dtype=np.float64)
         vel = np.ascontiguousarray(agents.velocity[cand], dtype=np.float64)
-        r = _first_overlap(traj, ego.half_length + 0.3, ego.half_width + 0.1, boxes, vel, DT)
+        decel = self._yield_decel(agents.kind[cand], self.commit_decel if yielding else 0.0)
+        r = _first_overlap(traj, ego.half_length + 0.3, ego.half_width + 0.1, boxes, vel, DT, decel,
+                           YIELD_REACTION_S)
         if r < 0:
             return None
         j = int(cand[r])
         dist = float(math.hypot(box[j, 0] - ego.x, box[j, 1] - ego.y) - ego.half_length)
         return j, max(dist, 0.0)
+
+    @staticmethod
+    def _yield_decel(kinds: np.ndarray, decel: float) -> np.ndarray:
+        """Deceleration agents of `kinds` are assumed to brake at for an ego cutting in (0: they do not)."""
+        return np.where(np.isin(kinds, YIELDING_KINDS), decel, 0.0)
+
+    def _accelerate_along(self, s_ego: float, v: float, cum: np.ndarray) -> np.ndarray:
+        """Route positions every GAP_DT over the gap horizon of the ego accelerating at `gap_accel` up to
+        lane_follow's speed profile (speed limit, junction cap, curves)."""
+        prof = getattr(self.base, "_vprof", None)
+        out = np.empty(self.gap_steps)
+        s = s_ego
+        for k in range(self.gap_steps):
+            n = min(len(prof), len(cum)) if prof is not None else 0
+            cap = float(np.interp(s, cum[:n], prof[:n])) if n else 1e9
+            v = min(v + self.gap_accel * GAP_DT, max(cap, 1.0))
+            s = min(s + v * GAP_DT, float(cum[-1]))
+            out[k] = s
+        return out
+
+    def _gap_conflict(self, scene: Scene, s_ego: float, v: float, yielding: bool = False
+                      ) -> tuple[int, float] | None:
+        """(agent index, distance) of the first moving agent that the ego, accelerating along the planned
+        route for `gap_s`, would meet (`yielding`: vehicles brake at `yield_decel` once it cuts in).
+        Leaders (ahead, heading its way) are the IDM's and followers (right behind it) must yield; vehicles
+        approaching from behind on another lane count, as the ego may be merging into their lane."""
+        agents = scene.agents
+        if not len(agents):
+            return None
+        ego = scene.ego
+        vel = agents.velocity
+        speed = np.hypot(vel[:, 0], vel[:, 1])
+        c, s = math.cos(ego.yaw), math.sin(ego.yaw)
+        dx, dy = agents.box[:, 0] - ego.x, agents.box[:, 1] - ego.y
+        horizon = self.gap_steps * GAP_DT
+        reach = max(v, 15.0) * horizon + 20.0 * horizon + 10.0
+        fwd, lat = dx * c + dy * s, -dx * s + dy * c
+        same_way = (vel[:, 0] * c + vel[:, 1] * s) > SAME_WAY * speed
+        leader = same_way & (fwd > 0.0)
+        follower = (fwd < 0.0) & (np.abs(lat) < ego.half_width + 1.0)  # behind in the ego's lane: yields
+        sel = (speed > MOVING) & ~leader & ~follower & (dx * dx + dy * dy < reach * reach)
+        cand = np.flatnonzero(sel)
+        if not len(cand):
+            return None
+        plan = self._plan
+        cum = np.asarray(plan.cum_length, np.float64)
+        s_plan = self._accelerate_along(s_ego, v, cum)
+        pts = np.asarray(plan.points, np.float64)
+        yaw = np.unwrap(np.asarray(plan.yaw, np.float64))
+        traj = np.empty((len(s_plan), 4))
+        traj[:, 0] = np.interp(s_plan, cum, pts[:, 0])
+        traj[:, 1] = np.interp(s_plan, cum, pts[:, 1])
+        traj[:, 2] = np.interp(s_plan, cum, yaw)
+        traj[:, 3] = 0.0
+        boxes = np.ascontiguousarray(agents.box[cand], dtype=np.float64)
+        decel = self._yield_decel(agents.kind[cand], self.yield_decel if yielding else 0.0)
+        r = _first_overlap(traj, ego.half_length + 0.5, ego.half_width + 0.3, boxes,
+                           np.ascontiguousarray(vel[cand], dtype=np.float64), GAP_DT, decel, YIELD_REACTION_S)
+        if r < 0:
+            return None
+        j = int(cand[r])
+        return j, max(float(math.hypot(dx[j], dy[j]) - ego.half_length), 0.0)
 
     @staticmethod
     def _blocked_ahead(scene: Scene, v: float) -> bool:
@@ -280,6 +417,11 @@ class ExpertAgent:
                 self._set_plan(None)
             elif sh.reason == "emergency":
                 self._update_emergency(scene, idx, s_ego, sh)
+            elif (sh.opposite and s_ego < sh.b + 2.0
+                  and not self._oncoming_clear(scene, idx, s_ego, v, sh.offset, sh.d)):
+                self._abort_shift(s_ego, v, sh)
+            elif sh.blockers:
+                self._follow_blockers(scene, idx, s_ego, sh)
             return
         if self._plan_emergency(scene, idx, s_ego, v):
             return
@@ -342,7 +484,7 @@ class ExpertAgent:
         if not len(agents) or lanes is None:
             return
         half_lane = 1.75
-        blockers: list[tuple[float, float, float]] = []  # (s, half length along, lateral)
+        blockers: list[tuple[float, float, float, int]] = []  # (s, half length along, speed along, agent)
         for a, s, lat, vl in self._lane_agents(scene, idx, 0.0, horizon + 30.0):
             kind = int(agents.kind[a])
             slow = min(self.slow_bicycle, 0.6 * max(v, 1.0))
@@ -355,25 +497,32 @@ class ExpertAgent:
                 half_lane = 0.5 * float(lanes.width[ln])
             if abs(lat) >= half_lane + float(agents.box[a, 4]) - 0.2 or s <= s_ego:
                 continue
-            blockers.append((s, float(agents.box[a, 3]), lat))
+            blockers.append((s, float(agents.box[a, 3]), max(vl, 0.0), a))
         if not blockers:
             return
         blockers.sort()
         first = blockers[0]
         if first[0] - s_ego > horizon:
             return
-        last = first
+        group = [first]
         for b in blockers[1:]:
-            if b[0] - last[0] < 20.0:
-                last = b
+            if b[0] - group[-1][0] < 20.0:
+                group.append(b)
+        last = group[-1]
         s_first = first[0] - first[1]
-        s_last = last[0] + last[1]
         ramp = float(np.clip(1.2 * v + 8.0, 10.0, 20.0))
-        b_s = s_first - 4.0
+        # A cyclist rides at the lane edge: half the offset clears it, so the ramp may end just past it.
+        bikes_only = all(int(agents.kind[b[3]]) == int(AgentKind.BICYCLE) for b in group)
+        b_s = s_first + 1.0 if bikes_only else s_first - 4.0
         a_s = max(b_s - ramp, s_ego + 1.0)
         if b_s - a_s < 6.0:
             return  # too close to swerve smoothly: lane_follow's IDM keeps it stopped behind, re-plan later
-        c_s = s_last + 6.0
+        c_s = last[0] + last[1] + 6.0
+        moving = tuple(agents.ids[b[3]] for b in group if b[2] > MOVING)
+        if moving:  # they ride on while the ego passes: end the bypass where they will be by then
+            v_blk = max(b[2] for b in group)
+            t_pass = (c_s - s_ego) / max(self.bypass_speed - v_blk, 1.0)
+            c_s += min(v_blk * t_pass, 80.0)
         d_s = c_s + ramp
         i0 = max(int(a_s * PPM), 0)
         i1 = min(int(d_s * PPM), len(self._pts) - 1)
@@ -382,11 +531,46 @@ class ExpertAgent:
         for side in (1, -1):
             off = self._neighbour_offset(side, i0, i1, lanes)
             if off is not None and self._same_direction_clear(scene, idx, s_ego, v, off, d_s):
-                self._set_plan(Shift(a_s, b_s, c_s, d_s, off, "bypass"))
+                self._set_plan(Shift(a_s, b_s, c_s, d_s, off, "bypass", blockers=moving))
                 return
         off = self._opposite_offset(i0, i1, lanes)
         if off is not None and self._oncoming_clear(scene, idx, s_ego, v, off, d_s):
-            self._set_plan(Shift(a_s, b_s, c_s, d_s, off, "bypass"))
+            self._set_plan(Shift(a_s, b_s, c_s, d_s, off, "bypass", blockers=moving, opposite=True))
+
+    def _abort_shift(self, s_ego: float, v: float, sh: Shift) -> None:
+        """Give up a bypass not yet alongside its obstacle (oncoming traffic): ramp back from where the
+        ego is; lane_follow then keeps it behind the obstacle until a new bypass is clear."""
+        if s_ego <= sh.a:
+            self._set_plan(None)
+            return
+        w = float(np.clip((s_ego - sh.a) / max(sh.b - sh.a, 1e-6), 0.0, 1.0))
+        now = sh.offset * w * w * (3.0 - 2.0 * w)
+        ramp = float(np.clip(1.2 * v + 8.0, 10.0, 20.0))
+        self._set_plan(Shift(s_ego - 1.0, s_ego - 0.5, s_ego - 0.5, s_ego + ramp, now, "bypass"))
+
+    def _follow_blockers(self, scene: Scene, idx: int, s_ego: float, sh: Shift) -> None:
+        """Keep a bypass of moving agents (cyclists) going until the ego is 6 m past those not yet behind
+        it, as far as the lanes allow the same offset (never into a junction)."""
+        agents = scene.agents
+        hl = scene.ego.half_length
+        need = sh.c
+        for bid in sh.blockers:
+            if bid in agents.ids:
+                k = agents.index(bid)
+                _, s, _ = self._frenet(float(agents.box[k, 0]), float(agents.box[k, 1]), idx, 20.0, 150.0)
+                if s + float(agents.box[k, 3]) > s_ego - hl:
+                    need = max(need, s + float(agents.box[k, 3]) + 6.0 + hl)
+        if need <= sh.c + 1.0:
+            return
+        c, d = need + 2.0, need + 2.0 + sh.d - sh.c
+        i0, i1 = int(sh.c * PPM), int(d * PPM)
+        if i1 >= len(self._pts) - 1:
+            return
+        lanes = scene.lanes
+        ok = (self._opposite_offset(i0, i1, lanes) if sh.opposite
+              else self._neighbour_offset(1 if sh.offset > 0 else -1, i0, i1, lanes)) is not None
+        if ok:
+            self._set_plan(dataclasses.replace(sh, c=c, d=d))
 
     def _same_direction_clear(self, scene: Scene, idx: int, s_ego: float, v: float, off: float,
                               s_end: float) -> bool:

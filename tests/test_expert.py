@@ -171,3 +171,48 @@ def test_changes_lane_for_emergency_vehicle(make_env):
         e = env.scene.ego
         assert (ag.box[k, 0] - e.x) * np.cos(e.yaw) + (ag.box[k, 1] - e.y) * np.sin(e.yaw) > 0.0
     assert int(AgentKind.EMERGENCY) == 4
+
+
+def test_forecast_kernel_yielding_agent_stops_short_of_the_ego():
+    """An agent that brakes once the ego is in its path (decel > 0) stops short of a standing ego; at
+    constant velocity (decel 0) it runs into it. The kernel is the one the gap checks use."""
+    from policies.expert import YIELD_REACTION_S, _first_overlap
+
+    traj = np.tile([30.0, 0.0, 0.0], (60, 1))  # the ego stands at x = 30 for 6 s
+    car = np.array([[0.0, 0.0, 0.0, 2.4, 1.0]])
+    vel = np.array([[10.0, 0.0]])
+    assert _first_overlap(traj, 2.45, 1.0, car, vel, 0.1, np.zeros(1), YIELD_REACTION_S) == 0
+    assert _first_overlap(traj, 2.45, 1.0, car, vel, 0.1, np.full(1, 6.0), YIELD_REACTION_S) == -1
+    # a car that notices too late (3 m/s^2 from 10 m/s needs 17 m + reaction) still hits it
+    assert _first_overlap(traj, 2.45, 1.0, car, vel, 0.1, np.full(1, 3.0), YIELD_REACTION_S) == 0
+
+
+def _stream(agent, n: int = 3, spacing: float = 15.0, speed: float = 8.0, seconds: float = 16.0):
+    """The ego starts from standstill; `n` cars cross its road at x = 14 from the right, `spacing` m
+    apart at `speed` m/s (gaps of under 2 s), then the road is free."""
+    route = straight_route(200.0)
+    y0 = np.array([-20.0 - spacing * k for k in range(n)])
+    agents = _agents([(14.0, y, np.pi / 2, 2.4, 1.0) for y in y0], velocity=np.tile([0.0, speed], (n, 1)))
+
+    def on_tick(tick, ego, out):
+        agents.box[:, 1] = y0 + speed * DT * (tick + 1)
+
+    log = simulate(agent, route, seconds, ego=EgoState(0.0, 0.0, 0.0, 0.0), agents=agents, on_tick=on_tick)
+    cars = [np.stack([np.full(n, 14.0), y0 + speed * DT * k, np.full(n, np.pi / 2), np.full(n, 2.4),
+                      np.full(n, 1.0)], axis=1) for k in range(len(log))]
+    hits = [k for k, (e, _) in enumerate(log) if any(boxes_overlap(e.box(), c) for c in cars[k])]
+    last_clear = (14.0 + 1.0 + 2.45 - y0[-1] + 1.0) / speed / DT  # tick the last car has left the ego lane
+    return log, hits, last_clear
+
+
+def test_waits_for_a_stream_of_crossing_cars_then_goes():
+    """Crossing cars stop the expert (IDM, forecast, then the gap hold); it never enters their lane while
+    one occupies it, and once the stream has passed it drives on."""
+    log, hits, last_clear = _stream(ExpertAgent())
+    assert not hits
+    held = [k for k, (_, o) in enumerate(log) if o.expert.cause is not None
+            and o.expert.cause.kind == "vehicle" and o.expert.target_speed == 0.0]
+    assert held, "the stream must stop the ego"
+    fronts = np.array([e.x + e.half_length for e, _ in log])
+    assert fronts[: int(last_clear) - 25].max() < 13.0  # the cars' lane starts at x = 13
+    assert log[-1][0].x > 30.0

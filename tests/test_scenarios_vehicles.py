@@ -266,7 +266,7 @@ def test_yield_to_emergency_vehicle_lane_follow_fails(make_env):
     assert len(gaps) > 20
     assert all(g > 0 for g, _ in gaps)  # always behind the ego on its route
     assert max(lat for _, lat in gaps) < 1.0  # in the ego's lane
-    assert gaps[-1][0] < gaps[0][0] - 10.0  # it closed in
+    assert min(g for g, _ in gaps) < gaps[0][0] - 5.0  # it closed in (then follows at a safe gap)
     assert len(inf) == 1 and env.record()["infractions"]["yield_emergency_vehicle_infractions"]
 
 

@@ -67,6 +67,14 @@ SINK_DISTANCE = 2.0  # flow vehicles closer than this to the sink are removed
 # ignore right of way (outside and inside the junction) and red lights.
 FLOW_SPEED_MODE = 1 | 2 | 4 | 32
 GHOST_SPEED_MODE = 2 | 4  # the same without keeping a safe speed behind the leader
+# Flow vehicles brake for a vehicle in their path within this many metres + 1 s of travel, with this
+# deceleration: scenario-runner drives flows with CARLA's BasicAgent-based agents, which stop for
+# obstacles in their path (`base_vehicle_threshold` 5 m, `detection_speed_ratio` 1 s).
+YIELD_BASE_DISTANCE = 5.0
+YIELD_DECEL = 8.0
+# Deadlock breaking: after YIELD_PATIENCE_S stopped for a standing ego, a flow vehicle waits only if its
+# body would really touch the ego (no extra margin); after YIELD_GIVE_UP_S it drives on regardless.
+YIELD_PATIENCE_S, YIELD_GIVE_UP_S = 3.0, 10.0
 CLEAR_EVERY_TICKS = 20  # background vehicles are cleared off the flow's lanes this often
 TRIGGER_BEFORE = (10.0, 40.0)  # sampler: trigger points this far before the junction entry
 
@@ -293,6 +301,11 @@ class JunctionFlow(ActorFlow):
         self.sink_pos = path.sink_pos
         self.sink_xy = np.array(lanes.position_on_lane(last, path.sink_pos)[:2])
         self.feed_points = self._feed_points()
+        samples = path.samples(lanes, step=1.0)
+        self._path_xy = np.array([(x, y) for _l, _s, x, y, _d in samples]).reshape(-1, 2)
+        self._path_d = np.array([d for *_r, d in samples])
+        self._yielding: dict[str, int] = {}  # vehicle -> ticks spent yielding
+        self.yields = 0  # times a vehicle braked for the ego in its path
         limits = [float(lanes.speed_limit[ln]) for ln in path.lanes if not lanes.is_internal[ln]]
         self.speed_factor = max(1.0, speed / max(min(limits), 0.1)) * 1.05
         self.live: list[str] = []
@@ -386,12 +399,61 @@ class JunctionFlow(ActorFlow):
             ls.vehicle.setSpeedMode(vid, GHOST_SPEED_MODE)
             ls.vehicle.setSpeed(vid, self.speed)  # speed-mode bits bound commanded speeds only
             self._ghosts.add(vid)
+            self._yielding.pop(vid, None)
         elif not overlapping and vid in self._ghosts:
             ls.vehicle.setSpeedMode(vid, FLOW_SPEED_MODE)
             ls.vehicle.setSpeed(vid, -1)
             self._ghosts.discard(vid)
 
-    def tick(self) -> None:
+    def _ego_in_path(self, vid: str, ego: np.ndarray, clearance: float = 0.3) -> bool:
+        """Whether the ego box (x, y, yaw, half length, half width) lies on the path of `vid` within
+        YIELD_BASE_DISTANCE + 1 s of travel ahead of its front, `clearance` m counted as touching."""
+        ls = self.backend.ls
+        if not len(self._path_xy):
+            return False
+        p = np.asarray(ls.vehicle.getPosition(vid))
+        d_v = float(self._path_d[int(np.argmin(np.hypot(*(self._path_xy - p).T)))])
+        reach = YIELD_BASE_DISTANCE + ls.vehicle.getSpeed(vid)
+        front = d_v + 0.5 * ls.vehicle.getLength(vid)
+        sel = (self._path_d >= front - 1.0) & (self._path_d <= front + reach)
+        if not sel.any():
+            return False
+        rel = self._path_xy[sel] - ego[:2]
+        c, s = np.cos(ego[2]), np.sin(ego[2])
+        along, across = rel[:, 0] * c + rel[:, 1] * s, -rel[:, 0] * s + rel[:, 1] * c
+        margin = 0.5 * ls.vehicle.getWidth(vid) + clearance
+        return bool(np.any((np.abs(along) < ego[3] + margin) & (np.abs(across) < ego[4] + margin)))
+
+    def _yield(self, vid: str, ego: np.ndarray | None, ego_speed: float, dt: float) -> None:
+        """Brake hard while the ego is in the vehicle's path ahead, drive on once it is not (see
+        YIELD_PATIENCE_S for a standing ego that keeps waiting for it)."""
+        if vid in self._ghosts:
+            return
+        ls = self.backend.ls
+        waited = self._yielding.get(vid, 0) * dt
+        if ego is None or (waited >= YIELD_GIVE_UP_S and ego_speed < 0.1):
+            blocked = False
+        elif waited >= YIELD_PATIENCE_S and ego_speed < 0.1:
+            blocked = self._ego_in_path(vid, ego, clearance=0.0)
+        else:
+            blocked = self._ego_in_path(vid, ego)
+        if blocked and vid not in self._yielding:
+            ls.vehicle.setDecel(vid, YIELD_DECEL)
+            ls.vehicle.setSpeed(vid, 0.0)
+            self._yielding[vid] = 0
+            self.yields += 1
+        elif blocked:
+            ls.vehicle.setSpeed(vid, 0.0)
+            self._yielding[vid] += 1
+        elif vid in self._yielding:
+            ls.vehicle.setSpeed(vid, -1)
+            ls.vehicle.setDecel(vid, ls.vehicletype.getDecel(ls.vehicle.getTypeID(vid)))
+            if waited < YIELD_PATIENCE_S:
+                del self._yielding[vid]
+
+    def tick(self, ego: np.ndarray | None = None, ego_speed: float = 0.0, dt: float = 0.05) -> None:
+        """One step: remove vehicles at the sink, let vehicles yield to the ego box `ego` in their path,
+        spawn the next vehicle when the gap allows."""
         ls = self.backend.ls
         if self.live:
             present = set(self.backend.vehicle_ids())
@@ -403,8 +465,10 @@ class JunctionFlow(ActorFlow):
                             and ls.vehicle.getLanePosition(vid) >= self.sink_pos - self.sink_distance):
                         ls.vehicle.remove(vid)
                         self._ghosts.discard(vid)
+                        self._yielding.pop(vid, None)
                         continue
                     self._unblock(vid)
+                    self._yield(vid, ego, ego_speed, dt)
                     keep.append(vid)
                 elif vid in pending:
                     keep.append(vid)
@@ -563,8 +627,9 @@ class _FlowScenario(Scenario):
     def tick(self, scene: Scene) -> None:
         if not self.status.triggered:
             return
+        ego = scene.ego.box()
         for f in self.flows:
-            f.tick()
+            f.tick(ego, float(scene.ego.speed), scene.dt)
         if self._ended:
             return
         if self._lights_stage == 1 and self.seconds_since_trigger(scene) >= GREEN_LIGHT_DELAY_S:

@@ -42,6 +42,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from envs.geometry import boxes_overlap
 from envs.scenarios.actors import ActorFlow, ScriptedActors
 from envs.scenarios.base import Scenario, ScenarioError, register_scenario
 from envs.scenarios.placement import (
@@ -965,6 +966,7 @@ class HazardAtSideLane(_Overtaking):
                 self._done.add(vid)
                 continue
             ls.vehicle.setSpeed(vid, min(self.bike_speed, ls.vehicle.getSpeed(vid) + self.BIKE_ACCEL * dt))
+        self._stop_behind_ego(scene)
         # Side lane behaviour once the ego is near the first bicycle.
         if self.bikes[0] in alive:
             fx, fy = ls.vehicle.getPosition(self.bikes[0])
@@ -981,6 +983,21 @@ class HazardAtSideLane(_Overtaking):
         if self.bikes[-1] in alive:
             x, y = ls.vehicle.getPosition(self.bikes[-1])
             self._last_bike_s = self.route_s_of(np.array([x, y]))
+
+    def _stop_behind_ego(self, scene: Scene) -> None:
+        """A cyclist stops while the ego is in its way within 2 m + 1 s of riding (scenario-runner rides
+        them with agents that brake for what is in their path)."""
+        ls = self.ctx.backend.ls
+        bikes = _shadow_agents(self.ctx.backend, self.bikes, self.bike_lateral, AgentKind.BICYCLE,
+                               (40, 120, 40), BICYCLE)
+        ego = scene.ego.box()
+        for k, vid in enumerate(bikes.ids):
+            x, y, yaw, hl, hw = bikes.box[k]
+            reach = 2.0 + float(bikes.speed[k])
+            probe = np.array([x + math.cos(yaw) * (hl + 0.5 * reach), y + math.sin(yaw) * (hl + 0.5 * reach),
+                              yaw, 0.5 * reach, hw + 0.2])
+            if vid not in self._done and boxes_overlap(ego, probe):
+                ls.vehicle.setSpeed(vid, 0.0)
 
     def passed(self, scene: Scene) -> bool:
         """In front of the last bicycle, then 50 m more (WaitUntilInFront + DriveDistance)."""
