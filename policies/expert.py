@@ -56,6 +56,7 @@ DT = 0.05
 BLOCKING = (int(AgentKind.PARKED_VEHICLE), int(AgentKind.STATIC), int(AgentKind.CONE))
 MOVING = 0.3  # m/s: agents faster than this are forecast
 HOLD_CAUSES = ("red_light", "yellow_light", "stop_sign", "route_end")
+FOLLOW_SLACK = 8.0  # m a bypass of moving cyclists is extended beyond where it must end, per extension
 GAP_DT = 0.1  # s, step of the gap check's ego trajectory
 YIELD_REACTION_S = 0.3  # s before an agent the ego cuts in front of is assumed to brake
 YIELD_DETECT_M, YIELD_DETECT_S = 5.0, 1.0  # it notices the ego this far ahead of it (m + s of travel)
@@ -562,7 +563,8 @@ class ExpertAgent:
                     need = max(need, s + float(agents.box[k, 3]) + 6.0 + hl)
         if need <= sh.c + 1.0:
             return
-        c, d = need + 2.0, need + 2.0 + sh.d - sh.c
+        c = need + FOLLOW_SLACK  # extended in steps: each extension rebuilds lane_follow's plan
+        d = c + sh.d - sh.c
         i0, i1 = int(sh.c * PPM), int(d * PPM)
         if i1 >= len(self._pts) - 1:
             return

@@ -305,6 +305,7 @@ class JunctionFlow(ActorFlow):
         self._path_xy = np.array([(x, y) for _l, _s, x, y, _d in samples]).reshape(-1, 2)
         self._path_d = np.array([d for *_r, d in samples])
         self._yielding: dict[str, int] = {}  # vehicle -> ticks spent yielding
+        self._braking: set[str] = set()  # vehicles commanded to stop for the ego now
         self.yields = 0  # times a vehicle braked for the ego in its path
         limits = [float(lanes.speed_limit[ln]) for ln in path.lanes if not lanes.is_internal[ln]]
         self.speed_factor = max(1.0, speed / max(min(limits), 0.1)) * 1.05
@@ -400,6 +401,7 @@ class JunctionFlow(ActorFlow):
             ls.vehicle.setSpeed(vid, self.speed)  # speed-mode bits bound commanded speeds only
             self._ghosts.add(vid)
             self._yielding.pop(vid, None)
+            self._braking.discard(vid)
         elif not overlapping and vid in self._ghosts:
             ls.vehicle.setSpeedMode(vid, FLOW_SPEED_MODE)
             ls.vehicle.setSpeed(vid, -1)
@@ -437,19 +439,19 @@ class JunctionFlow(ActorFlow):
             blocked = self._ego_in_path(vid, ego, clearance=0.0)
         else:
             blocked = self._ego_in_path(vid, ego)
-        if blocked and vid not in self._yielding:
-            ls.vehicle.setDecel(vid, YIELD_DECEL)
-            ls.vehicle.setSpeed(vid, 0.0)
-            self._yielding[vid] = 0
-            self.yields += 1
-        elif blocked:
-            ls.vehicle.setSpeed(vid, 0.0)
-            self._yielding[vid] += 1
-        elif vid in self._yielding:
+        if blocked:
+            self._yielding[vid] = self._yielding.get(vid, 0) + 1
+            if vid not in self._braking:  # SUMO keeps a commanded speed: set it on changes only
+                ls.vehicle.setDecel(vid, YIELD_DECEL)
+                ls.vehicle.setSpeed(vid, 0.0)
+                self._braking.add(vid)
+                self.yields += 1
+        elif vid in self._braking:
             ls.vehicle.setSpeed(vid, -1)
             ls.vehicle.setDecel(vid, ls.vehicletype.getDecel(ls.vehicle.getTypeID(vid)))
-            if waited < YIELD_PATIENCE_S:
-                del self._yielding[vid]
+            self._braking.discard(vid)
+            if waited < YIELD_PATIENCE_S:  # past its patience a vehicle keeps its count (narrow check)
+                self._yielding.pop(vid, None)
 
     def tick(self, ego: np.ndarray | None = None, ego_speed: float = 0.0, dt: float = 0.05) -> None:
         """One step: remove vehicles at the sink, let vehicles yield to the ego box `ego` in their path,
@@ -466,6 +468,7 @@ class JunctionFlow(ActorFlow):
                         ls.vehicle.remove(vid)
                         self._ghosts.discard(vid)
                         self._yielding.pop(vid, None)
+                        self._braking.discard(vid)
                         continue
                     self._unblock(vid)
                     self._yield(vid, ego, ego_speed, dt)
