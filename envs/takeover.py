@@ -10,8 +10,10 @@ while the expert drives.
 A segment holds the frames t - t_pre .. t + t_take - 1 (fewer pre frames when the episode is younger
 than t_pre ticks; fewer takeover frames when it ends during the takeover, then `info["truncated"]`):
 - pre-takeover frames (mask True, driver "policy"): language label only (`path`, `speed_waypoints` None,
-  `target_speed` NaN); the label is written knowing the trigger (`labeler(expert_state, trigger, True)`);
-- takeover frames (driver "expert"): the expert's path, speed waypoints, target speed and language.
+  `target_speed` NaN); the label is the one of the expert's state at the trigger tick t, written knowing
+  the trigger (TakeVLA: the T_pre frames learn what should have been said at t);
+- takeover frames (driver "expert"): the expert's path, speed waypoints, target speed and the label of
+  the frame's own expert state.
 Every frame records the applied control, the policy's own path, the scene snapshot (ego x, y, yaw, speed;
 agents' ids, kinds, boxes, speeds), the expert's hazards and cause, and:
 - `agent_future` (N, 10, 5): each agent's box at t + 0.2 s .. t + 2.0 s, read from the ticks recorded
@@ -22,8 +24,10 @@ agents' ids, kinds, boxes, speeds), the expert's hazards and cause, and:
   while standing). This exists on pre-takeover frames too (what the expert would have done). An expert
   without speed waypoints falls back to the ego's recorded future poses.
 
-Language labels: `labeler(expert_state, trigger, is_pre) -> str` when given (e.g. TakeVLA's enhanced
-labels from `policies`); otherwise the expert output's own `language` (envs does not import policies).
+Language labels: `labeler(expert_state, trigger, is_pre, tick) -> str` when given (TakeVLA's enhanced
+labels: `policies.language.LabelGenerator(seed).takeover_label`); for pre-takeover frames it gets the
+expert's state and tick at the trigger. Without a labeler, or for an expert output without an
+`ExpertState`, the expert output's own `language` is used (envs does not import policies).
 Frames carry the camera image only when the env renders one (`config.record_images` can drop it).
 `collector.log` lists (tick, driver) for every tick of the last episode.
 """
@@ -53,7 +57,7 @@ from envs.segments import (
 )
 from envs.triggers import TickInfo, config_from_dict, make_trigger
 
-Labeler = Callable[[Any, str, bool], str]
+Labeler = Callable[[Any, str, bool, int], str]  # (expert state, trigger, is_pre, tick) -> label
 
 
 @dataclass
@@ -88,6 +92,7 @@ class TakeoverCollector:
         triggers: Sequence[Any] | None = None,
         labeler: Labeler | None = None,
         on_segment: Callable[[TakeoverSegment], None] | None = None,
+        on_tick: Callable[[str, int], None] | None = None,
     ) -> None:
         if config is None or isinstance(config, dict):
             config = TakeoverConfig.from_dict(config)
@@ -103,6 +108,7 @@ class TakeoverCollector:
         ]
         self.labeler = labeler
         self.on_segment = on_segment
+        self.on_tick = on_tick  # (driver, segments so far) after every tick: progress display
         self.episodes = 0
         self.log: list[tuple[int, str]] = []  # (tick, driver) of every tick of the last episode
 
@@ -142,7 +148,7 @@ class TakeoverCollector:
                     info = TickInfo(tick, float(scene.time), float(scene.dt), scene, obs, pol, exp)
                     fired = [t for t in self.triggers if t.update(info)]
                     if fired:
-                        current = self._open_segment(fired, tick, route, town, history)
+                        current = self._open_segment(fired, tick, exp, route, town, history)
                         open_segs.append(current)
                         history.clear()
                         take_left = cfg.t_take
@@ -153,7 +159,7 @@ class TakeoverCollector:
                 frame = self._frame(scene, obs, pol, exp, out, driver, route, town)
                 self.log.append((tick, driver))
                 if take_left > 0 and current is not None:
-                    self._label(frame, exp, current.segment.trigger, is_pre=False, takeover=True)
+                    self._label(frame, exp, current.segment.trigger, tick, is_pre=False)
                     current.segment.frames.append(frame)
                     current.expert_outputs.append(exp)
                     current.segment.pre_takeover = np.append(current.segment.pre_takeover, False)
@@ -167,6 +173,8 @@ class TakeoverCollector:
                     history.append((frame, exp))
                 _, _, terminated, truncated, _ = env.step(out.control.as_array())
                 n_ticks += 1
+                if self.on_tick is not None:
+                    self.on_tick(driver, len(done) + len(open_segs))
                 # Finalise segments whose last frame's future (2 s) has been simulated.
                 now = int(env.scene.tick)
                 snapshots[now] = snapshot(env.scene)
@@ -188,7 +196,8 @@ class TakeoverCollector:
 
     # --------------------------------------------------------------------------------- segments
     def _open_segment(
-        self, fired: list[Any], tick: int, route: Any, town: str, history: deque[tuple[Frame, Any]]
+        self, fired: list[Any], tick: int, exp_now: Any, route: Any, town: str,
+        history: deque[tuple[Frame, Any]],
     ) -> _Open:
         trig = fired[0]
         name = str(getattr(trig, "name", type(trig).__name__))
@@ -200,7 +209,7 @@ class TakeoverCollector:
             info["collision_with"], info["collision_in_s"] = hit
         frames, outs = [], []
         for frame, exp in history:
-            self._label(frame, exp, name, is_pre=True, takeover=False)
+            self._label(frame, exp_now, name, tick, is_pre=True)
             frames.append(frame)
             outs.append(exp)
         info["pre_frames"] = len(frames)
@@ -216,12 +225,14 @@ class TakeoverCollector:
         )
         return _Open(seg, outs)
 
-    def _label(self, frame: Frame, exp: Any, trigger: str, is_pre: bool, takeover: bool) -> None:
-        if self.labeler is not None:
-            frame.language = str(self.labeler(getattr(exp, "expert", None), trigger, is_pre))
+    def _label(self, frame: Frame, exp: Any, trigger: str, tick: int, is_pre: bool) -> None:
+        """Language (from `exp`, the expert output at `tick`) and, on takeover frames, action labels."""
+        state = getattr(exp, "expert", None)
+        if self.labeler is not None and state is not None:
+            frame.language = str(self.labeler(state, trigger, is_pre, tick))
         else:
             frame.language = str(getattr(exp, "language", "") or "")
-        if takeover:
+        if not is_pre:
             frame.path = None if exp.path is None else np.asarray(exp.path, np.float32).copy()
             sw = getattr(exp, "speed_waypoints", None)
             frame.speed_waypoints = None if sw is None else np.asarray(sw, np.float32).copy()

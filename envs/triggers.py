@@ -31,8 +31,10 @@ Built-in triggers
     interruption, on every tick: the ego speed is below `stuck_speed` (0.1 m/s); the expert wants to go
     (its `target_speed` is at least `go_speed`, 0.5 m/s, and it does not hold the brake); nothing holds
     the ego: the expert's hazards flag no red light / stop sign and its cause is not a red or yellow
-    light, a stop sign or an object closer than `hold_distance` (4 m); and at least `min_agents` agents
-    are within `traffic_radius` m (dense traffic; 0 by default, so any stuck ego counts).
+    light, a stop sign or an object closer than `hold_distance` (4 m); the expert is not itself stuck
+    (`ExpertState.stuck`: it only wants to go because its own stuck rule makes it creep; with
+    `count_expert_creep` such ticks count too); and at least `min_agents` agents are within
+    `traffic_radius` m (dense traffic; 0 by default, so any stuck ego counts).
 """
 
 from __future__ import annotations
@@ -277,6 +279,7 @@ class RestartConfig:
     go_speed: float = 0.5  # m/s: the expert's target speed at least this = it wants to go
     hold_distance: float = 4.0  # m: a cause object this close holds the ego (a queue, a car in front)
     min_agents: int = 0  # agents within traffic_radius needed (dense traffic); 0 = any stuck ego
+    count_expert_creep: bool = False  # True: an expert going only by its own stuck (creep) rule counts
     traffic_radius: float = 25.0
 
 
@@ -301,6 +304,8 @@ class RestartTrigger(Trigger):
             return brake > 0.0
         if float(es.target_speed) < c.go_speed or brake >= 0.5:
             return True
+        if getattr(es, "stuck", False) and not c.count_expert_creep:
+            return True  # the expert is as stuck as the ego: it creeps, it does not know better
         hazards = getattr(es, "hazards", {}) or {}
         if any(hazards.get(h, False) for h in _HOLDING_HAZARDS):
             return True

@@ -53,6 +53,7 @@ class ExpertState:
     hazards: dict[str, bool] = field(default_factory=dict)  # e.g. vehicle, pedestrian, red_light, ...
     cause: Cause | None = None
     lane_change: str | None = None  # "left" / "right" while changing lanes (bypass, emergency vehicle)
+    lane_change_cause: Cause | None = None  # what the lane change is for: the obstacle gone around, ...
     stuck: bool = False
 
 

@@ -31,9 +31,10 @@ waypoints and the language. On top of it, every tick the expert
    cause, it creeps for `creep_s` at `creep_speed`, ignoring vehicle constraints (pedestrians still stop
    it).
 
-Outputs are lane_follow's (control, language, path 20 x 1 m, speed waypoints 10 x 0.25 s, ego frame) with
+Outputs are lane_follow's (control, path 20 x 1 m, speed waypoints 10 x 0.25 s, ego frame) with
 `AgentOutput.expert` updated: cause (largest speed reduction, including a predicted collision), hazards
-(plus "collision" and "bypass"), `lane_change` ("left" / "right" while shifted) and `stuck`.
+(plus "collision" and "bypass"), `lane_change` ("left" / "right" while shifted) and `stuck`; the
+language is the commentary of that final state (`policies.language.commentary`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from envs.dynamics import rollout_controls
 from envs.geometry import boxes_overlap, overlap_mask, overlaps_any, polyline_frenet
 from envs.scene import AgentKind, Observation, Route, Scene
 from policies.base import AgentOutput, Cause, Control, register_agent
+from policies.language import commentary
 from policies.simple_agent import _CAUSE_NAMES, LaneFollowAgent
 
 PPM = Route.POINTS_PER_METER
@@ -115,7 +117,7 @@ class Shift:
     d: float
     offset: float  # metres, + = left
     reason: str  # "bypass" / "emergency"
-    agent_id: str | None = None
+    agent_id: str | None = None  # what it is for: the emergency vehicle, the first bypassed obstacle
     blockers: tuple[str, ...] = ()  # moving agents a bypass overtakes (its end follows them)
     opposite: bool = False  # through the opposite-direction lane
 
@@ -253,7 +255,6 @@ class ExpertAgent:
             es.cause = Cause(kind, scene.agents.ids[k], dist)
             out.info["cause"], out.info["cause_id"], out.info["cause_distance"] = kind, es.cause.id, dist
             es.hazards["stopping"] = True
-            out.language = f"{out.language.split('.')[0]}. Stop now to avoid the {kind.replace('_', ' ')}."
         if creeping and self._blocked_ahead(scene, v):
             ctrl = Control(0.0, 1.0, ctrl.steer)
             es.target_speed = 0.0
@@ -273,7 +274,9 @@ class ExpertAgent:
         es.stuck = self._creep > 0
         if self.shift is not None and self.shift.a - 5.0 <= s_ego <= self.shift.d:
             es.lane_change = "left" if self.shift.offset > 0 else "right"
+            es.lane_change_cause = self._shift_cause(scene, self.shift)
         out.control = ctrl
+        out.language = commentary(es)
         out.info["shift"] = None if self.shift is None else dataclasses.asdict(self.shift)
         out.info["stuck"] = es.stuck
         return out
@@ -520,6 +523,7 @@ class ExpertAgent:
             return  # too close to swerve smoothly: lane_follow's IDM keeps it stopped behind, re-plan later
         c_s = last[0] + last[1] + 6.0
         moving = tuple(agents.ids[b[3]] for b in group if b[2] > MOVING)
+        named = agents.ids[first[3]]  # the obstacle the language names
         if moving:  # they ride on while the ego passes: end the bypass where they will be by then
             v_blk = max(b[2] for b in group)
             t_pass = (c_s - s_ego) / max(self.bypass_speed - v_blk, 1.0)
@@ -532,11 +536,22 @@ class ExpertAgent:
         for side in (1, -1):
             off = self._neighbour_offset(side, i0, i1, lanes)
             if off is not None and self._same_direction_clear(scene, idx, s_ego, v, off, d_s):
-                self._set_plan(Shift(a_s, b_s, c_s, d_s, off, "bypass", blockers=moving))
+                self._set_plan(Shift(a_s, b_s, c_s, d_s, off, "bypass", named, moving))
                 return
         off = self._opposite_offset(i0, i1, lanes)
         if off is not None and self._oncoming_clear(scene, idx, s_ego, v, off, d_s):
-            self._set_plan(Shift(a_s, b_s, c_s, d_s, off, "bypass", blockers=moving, opposite=True))
+            self._set_plan(Shift(a_s, b_s, c_s, d_s, off, "bypass", named, moving, opposite=True))
+
+    @staticmethod
+    def _shift_cause(scene: Scene, sh: Shift) -> Cause | None:
+        """The agent a shift is for (first bypassed obstacle, emergency vehicle) while it is in the scene."""
+        agents = scene.agents
+        if sh.agent_id is None or sh.agent_id not in agents.ids:
+            return None
+        k = agents.index(sh.agent_id)
+        ego = scene.ego
+        dist = max(math.hypot(agents.box[k, 0] - ego.x, agents.box[k, 1] - ego.y) - ego.half_length, 0.0)
+        return Cause(_CAUSE_NAMES.get(int(agents.kind[k]), "vehicle"), sh.agent_id, float(dist))
 
     def _abort_shift(self, s_ego: float, v: float, sh: Shift) -> None:
         """Give up a bypass not yet alongside its obstacle (oncoming traffic): ramp back from where the

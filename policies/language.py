@@ -8,18 +8,22 @@ Commentary follows SimLingo's grammar, "{route action}. {speed action}{reason}."
   `command` (RoadOption): follow the road, turn left / right, go straight at the junction, change lane.
 - Speed action (`speed_action`): from the target speed vs the current speed, thresholds below.
 - Reason: names the cause object (`ExpertState.cause.kind`, or the hazard flags when no cause is set).
-  A lane change with a static / parked / cone / slow-mover cause reads "to go around ..." on the route
-  sentence; an emergency vehicle reads "to yield to / make way for the emergency vehicle"; a slowing or
-  stopped ego reads "to stay behind the vehicle", "because of the pedestrian crossing", "because of the
-  red light", ... Without a cause a reduced speed before a junction reads "for the turn" / "before the
-  junction", a start from standstill "as the road ahead is clear", a stuck restart "to get moving again".
+  A lane change for a static / parked / cone / slow-mover object (`ExpertState.lane_change_cause`, else
+  the cause) reads "to go around ..." on the route sentence; one for an emergency vehicle "to yield to /
+  make way for the emergency vehicle"; a slowing or stopped ego reads "to stay behind the vehicle",
+  "because of the pedestrian crossing", "because of the red light", ...; one giving way to an object on a
+  collision course (the expert's "collision" hazard: crossing or oncoming traffic) reads "to avoid a
+  collision with the vehicle" / "to give way to ...". Without a cause a reduced speed before a junction
+  reads "for the turn" / "before the junction", a start from standstill "as the road ahead is clear", a
+  stuck restart "to get moving again".
 
 Enhanced labels (`enhanced`, TakeVLA): for a takeover segment the label is rewritten by trigger type into
 an urgent, causal sentence naming the cause: Follow ("Brake now: the car ahead is slowing down"),
 Collision ("Brake hard: a pedestrian is about to cross in front"), Restart ("Move off now: the gap is
-clear"). The enhanced label goes on the pre-takeover frames. A trigger without wording (user triggers
-can add theirs with `register_enhancement`), or a Restart while the expert itself stays stopped, falls
-back to the plain commentary.
+clear"). The enhanced label goes on the pre-takeover frames (the expert's state at the trigger) and on
+the takeover frames (each frame's own state). A trigger without wording (user triggers can add theirs
+with `register_enhancement`), a Follow / Collision once the expert no longer slows down, or a Restart
+while the expert itself stays stopped, falls back to the plain commentary.
 
 Every template has several phrasings (the tables below are plain data). The phrasing is drawn from a
 `np.random.Generator` or an integer seed; `rng=None` picks the first (canonical) phrasing.
@@ -285,6 +289,14 @@ OBJECTS: dict[str, tuple[str, ...]] = {
     "route_end": ("the end of the route",),
 }
 
+# Reasons on the speed sentence while giving way to an object on a collision course ({obj}).
+CONFLICT_REASONS: tuple[str, ...] = (
+    " to avoid a collision with {obj}",
+    " to give way to {obj}",
+    " to let {obj} pass",
+)
+CONFLICT_OBJECTS: dict[str, tuple[str, ...]] = {"vehicle": ("the vehicle", "the other car")}
+
 # Reasons without a cause object.
 TURN_REASONS: tuple[str, ...] = (" for the turn", " to take the turn safely", " before turning")
 JUNCTION_REASONS: tuple[str, ...] = (
@@ -314,6 +326,10 @@ def _object(kind: str, rng: np.random.Generator | None) -> str:
     return _pick(OBJECTS.get(kind, (f"the {kind.replace('_', ' ')}",)), rng)
 
 
+def _conflict_object(kind: str, rng: np.random.Generator | None) -> str:
+    return _pick(CONFLICT_OBJECTS[kind], rng) if kind in CONFLICT_OBJECTS else _object(kind, rng)
+
+
 def _slow_reason(kind: str, rng: np.random.Generator | None) -> str:
     if kind in SLOW_REASONS:
         return _pick(SLOW_REASONS[kind], rng)
@@ -327,7 +343,7 @@ class LabelParts:
     route: RouteAction
     speed: SpeedAction
     cause: str | None  # canonical cause kind named in the reason, if any
-    reason: str  # "slow" | "bypass" | "yield" | "turn" | "junction" | "clear" | "stuck" | ""
+    reason: str  # "slow" | "conflict" | "bypass" | "yield" | "turn" | "junction" | "clear" | "stuck" | ""
 
 
 def describe(state: ExpertState) -> LabelParts:
@@ -336,12 +352,17 @@ def describe(state: ExpertState) -> LabelParts:
     speed = speed_action(state.target_speed, state.speed, state.desired_speed)
     kind = _state_cause(state)
     changing = route in (RouteAction.CHANGE_LANE_LEFT, RouteAction.CHANGE_LANE_RIGHT)
-    if kind is not None and changing and state.lane_change and kind == "emergency":
-        return LabelParts(route, speed, kind, "yield")
-    if kind is not None and changing and state.lane_change and kind in BYPASS_KINDS:
-        return LabelParts(route, speed, kind, "bypass")
+    if changing and state.lane_change:
+        lc = state.lane_change_cause
+        lc_kind = cause_kind(lc.kind) if lc is not None else kind
+        if lc_kind == "emergency":
+            return LabelParts(route, speed, lc_kind, "yield")
+        if lc_kind in BYPASS_KINDS:
+            return LabelParts(route, speed, lc_kind, "bypass")
     if kind is not None and (speed in SLOWING or (speed == SpeedAction.KEEP and state.cause is not None)):
-        return LabelParts(route, speed, kind, "slow")
+        # A predicted collision (the expert's forecast, hazard "collision") is crossing or oncoming
+        # traffic to give way to, not something to stay behind.
+        return LabelParts(route, speed, kind, "conflict" if state.hazards.get("collision") else "slow")
     if speed in (SpeedAction.DECELERATE, SpeedAction.KEEP_REDUCED):
         if route in (RouteAction.TURN_LEFT, RouteAction.TURN_RIGHT):
             return LabelParts(route, speed, None, "turn")
@@ -366,6 +387,8 @@ def commentary(state: ExpertState, rng: np.random.Generator | int | None = None)
         route_reason = _pick(BYPASS_REASONS, g).format(obj=_object(parts.cause or "", g))
     elif parts.reason == "yield":
         route_reason = _pick(YIELD_REASONS, g)
+    elif parts.reason == "conflict":
+        speed_reason = _pick(CONFLICT_REASONS, g).format(obj=_conflict_object(parts.cause or "", g))
     elif parts.reason == "slow":
         speed_reason = _slow_reason(parts.cause or "", g)
     elif parts.reason:
@@ -385,8 +408,9 @@ class Enhancement:
     """Urgent, causal wording of one trigger type.
 
     formats: sentence templates with {opener} / {Opener} and {clause} / {Clause} (capitalised forms);
-    clauses: per canonical cause kind, "none" for no cause, "bypass" for a lane change around the cause
-    ({obj} and {side} are filled in); applies: the expert speed actions this wording fits (None: all).
+    clauses: per canonical cause kind, "none" for no cause, "bypass" for a lane change around the cause,
+    "conflict" for an object on a collision course (crossing / oncoming); {obj} and {side} are filled in.
+    applies: the expert speed actions this wording fits (None: all).
     """
 
     openers: tuple[str, ...]
@@ -415,7 +439,9 @@ ENHANCEMENTS: dict[str, Enhancement] = {
             "route_end": ("the route ends just ahead", "the destination is right ahead"),
             "none": ("the traffic ahead is slowing down", "the road ahead calls for a lower speed"),
             "other": ("{obj} is ahead in our lane", "{obj} ahead is in the way"),
+            "conflict": ("{obj} is coming into our path", "we must give way to {obj}"),
         },
+        applies=SLOWING,
     ),
     "collision": Enhancement(
         openers=("Brake hard", "Stop immediately", "Emergency braking now"),
@@ -442,8 +468,10 @@ ENHANCEMENTS: dict[str, Enhancement] = {
             "route_end": ("the route ends right in front", "we are overshooting the end of the route"),
             "none": ("something is right in our path", "the way ahead is suddenly blocked"),
             "other": ("we are about to hit {obj}", "{obj} is right in our path"),
+            "conflict": ("we are on a collision course with {obj}", "{obj} is about to cross our path"),
         },
         formats=("{Opener}: {clause}.", "{Opener} to avoid a collision: {clause}.", "{Clause}: {opener}."),
+        applies=SLOWING,
     ),
     "restart": Enhancement(
         openers=("Move off now", "Start driving now", "Go now"),
@@ -491,17 +519,18 @@ def enhanced(state: ExpertState, trigger: str, rng: np.random.Generator | int | 
     """TakeVLA's enhanced label: urgent, causal wording for the trigger type, naming the cause.
 
     Falls back to `commentary(state, rng)` for a trigger without registered wording, or when the
-    expert's speed action does not fit the trigger (a Restart while the expert stays stopped).
+    expert's speed action does not fit the trigger (a Follow or Collision while the expert accelerates or
+    keeps its full speed, a Restart while it stays stopped).
     """
     g = _as_rng(rng)
     enh = ENHANCEMENTS.get(trigger_key(trigger))
     parts = describe(state)
     if enh is None or (enh.applies is not None and parts.speed not in enh.applies):
         return commentary(state, g)
-    kind = _state_cause(state)
+    kind = parts.cause if parts.reason in ("bypass", "yield") else _state_cause(state)
     side = "left" if parts.route == RouteAction.CHANGE_LANE_LEFT else "right"
-    if parts.reason == "bypass" and "bypass" in enh.clauses:
-        options = enh.clauses["bypass"]
+    if parts.reason in ("bypass", "conflict") and parts.reason in enh.clauses:
+        options = enh.clauses[parts.reason]
     elif kind is not None and kind in enh.clauses:
         options = enh.clauses[kind]
     elif kind is not None:
@@ -509,7 +538,8 @@ def enhanced(state: ExpertState, trigger: str, rng: np.random.Generator | int | 
     else:
         options = enh.clauses.get("none", ("the situation ahead demands it",))
     opener = _pick(enh.openers, g)
-    clause = _pick(options, g).format(obj=_object(kind or "", g), side=side)
+    obj = _conflict_object(kind or "", g) if parts.reason == "conflict" else _object(kind or "", g)
+    clause = _pick(options, g).format(obj=obj, side=side)
     fmt = _pick(enh.formats, g)
     low = opener[:1].lower() + opener[1:]
     return fmt.format(opener=low, Opener=_cap(opener), clause=clause, Clause=_cap(clause))
@@ -539,6 +569,15 @@ class LabelGenerator:
     def enhanced(self, state: ExpertState, trigger: str, tick: int | None = None) -> str:
         return enhanced(state, trigger, self.rng(tick, "enhanced:" + trigger_key(trigger)))
 
+    def takeover_label(self, state: ExpertState, trigger: str, is_pre: bool, tick: int) -> str:
+        """The label of one takeover-segment frame (`envs.takeover.TakeoverCollector`'s labeler):
+        the enhanced label of `state` for `trigger`, drawn with `tick`. The collector passes, for every
+        pre-takeover frame, the expert's state and tick at the trigger (one label for the whole pre-takeover
+        run, as `pre_takeover_labels`), and for a takeover frame its own state and tick; where the
+        trigger's wording no longer fits the expert (it has stopped braking), that is the commentary."""
+        del is_pre  # the state and tick given already say which frame the label is for
+        return self.enhanced(state, trigger, tick)
+
     def pre_takeover_labels(
         self, state: ExpertState, trigger: str, trigger_tick: int, n_pre: int
     ) -> list[str]:
@@ -549,6 +588,7 @@ class LabelGenerator:
 
 __all__ = [
     "CAUSE_KINDS",
+    "CONFLICT_REASONS",
     "ENHANCEMENTS",
     "OBJECTS",
     "ROUTE_PHRASES",

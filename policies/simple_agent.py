@@ -22,7 +22,10 @@
      line, then go (each sign once);
    - the end of the route;
 4. turns the IDM acceleration into throttle / brake (graded brake = -a / 4.952 m/s^2, holding brake
-   at standstill) and rolls the same IDM forward 2.5 s to produce 10 speed waypoints 0.25 s apart.
+   at standstill) and rolls the same IDM forward 2.5 s to produce 10 speed waypoints 0.25 s apart;
+5. reports its decision as an `ExpertState` (target and desired speed, the route action within 20 m,
+   the cause of the largest slow-down) and speaks it as SimLingo-style commentary
+   (`policies.language.commentary`, canonical phrasing).
 
 IDM parameters (gap from the front bumper; a = 3 m/s^2, b = 3.5 m/s^2, delta = 4): agents s0 3 m,
 T 0.5 s; lights s0 1.5 m, T 0.1 s; stop signs s0 1 m, T 0.1 s; route end s0 1 m, T 0 s.
@@ -40,6 +43,7 @@ from envs.geometry import polyline_frenet, to_ego_frame
 from envs.scene import AgentKind, LightState, Observation, RoadOption, Route, Scene, StopSigns, TrafficLights
 from policies.base import AgentOutput, Cause, Control, ExpertState, register_agent
 from policies.controller import LateralPID, WindowPID
+from policies.language import commentary
 
 PPM = Route.POINTS_PER_METER
 MAX_DECEL = 4.952  # m/s^2 at brake = 1 (kinematic bicycle model of PDM-Lite / SimLingo)
@@ -53,19 +57,8 @@ _Add = Callable[[float, float, float, float, int, 'str | None'], None]
 
 # Constraint kinds beyond AgentKind (0..6).
 RED_LIGHT, YELLOW_LIGHT, STOP_SIGN, ROUTE_END = 10, 11, 12, 13
-_REASONS = {
-    int(AgentKind.VEHICLE): " to stay behind the vehicle",
-    int(AgentKind.PEDESTRIAN): " because of the pedestrian",
-    int(AgentKind.BICYCLE): " to stay behind the bicycle",
-    int(AgentKind.STATIC): " because of the obstacle",
-    int(AgentKind.EMERGENCY): " to stay behind the emergency vehicle",
-    int(AgentKind.PARKED_VEHICLE): " because of the parked vehicle",
-    int(AgentKind.CONE): " because of the cones",
-    RED_LIGHT: " because of the red light",
-    YELLOW_LIGHT: " because of the yellow light",
-    STOP_SIGN: " because of the stop sign",
-    ROUTE_END: " because the route ends",
-}
+_ANNOUNCED = [int(c) for c in (RoadOption.LEFT, RoadOption.RIGHT, RoadOption.STRAIGHT,
+                                RoadOption.CHANGELANELEFT, RoadOption.CHANGELANERIGHT)]
 _CAUSE_NAMES = {
     int(AgentKind.VEHICLE): "vehicle", int(AgentKind.PEDESTRIAN): "pedestrian",
     int(AgentKind.BICYCLE): "bicycle", int(AgentKind.STATIC): "static",
@@ -73,13 +66,6 @@ _CAUSE_NAMES = {
     int(AgentKind.CONE): "cone", RED_LIGHT: "red_light", YELLOW_LIGHT: "yellow_light",
     STOP_SIGN: "stop_sign", ROUTE_END: "route_end",
 }
-
-
-def _command_at(route: Route | None, idx: int) -> int:
-    """The route's command at dense index idx (clamped: the agent's path runs past the route's end)."""
-    if route is None or len(route.command) == 0:
-        return int(RoadOption.LANEFOLLOW)
-    return int(route.command[min(idx, len(route.command) - 1)])
 
 
 @numba.njit(cache=True)
@@ -371,7 +357,6 @@ class LaneFollowAgent:
         speed_wps = to_ego_frame(wp, x, y, yaw)
 
         cause = kinds[arg] if arg >= 0 and acc < acc_free - 0.2 else None
-        language = self._language(idx, v, v0, acc, hold, cause)
         info = {
             "target_speed": v0,
             "desired_accel": float(acc),
@@ -389,13 +374,13 @@ class LaneFollowAgent:
             target_speed=float(v_ref),
             desired_speed=float(v0),
             speed=v,
-            command=_command_at(self._route, idx),
+            command=self._command_ahead(idx),
             hazards={k: bool(info[k]) for k in ("vehicle", "walker", "red_light", "stop_sign", "stopping")},
             cause=None if cause is None else Cause(info["cause"], info["cause_id"], info["cause_distance"]),
         )
         return AgentOutput(
             control=Control(throttle=float(throttle), brake=float(brake), steer=float(steer)),
-            language=language,
+            language=commentary(expert),
             path=path_ego,
             speed_waypoints=speed_wps,
             info=info,
@@ -465,32 +450,12 @@ class LaneFollowAgent:
             add(max(gap, 0.0), 0.0, 1.0, 0.1, STOP_SIGN, None)
 
     # ------------------------------------------------------------------------------ language
-    def _language(self, idx: int, v: float, v0: float, acc: float, hold: bool, cause: int | None) -> str:
+    def _command_ahead(self, idx: int) -> int:
+        """The route action the commentary names: the first turn, straight crossing or lane change
+        within 20 m, else lane follow."""
         cmds = self._cmd[idx: idx + 20 * PPM]
-        route_action = "Follow the route."
-        for c in (RoadOption.LEFT, RoadOption.RIGHT, RoadOption.CHANGELANELEFT, RoadOption.CHANGELANERIGHT):
-            if np.any(cmds == int(c)):
-                route_action = {
-                    RoadOption.LEFT: "Turn left at the intersection.",
-                    RoadOption.RIGHT: "Turn right at the intersection.",
-                    RoadOption.CHANGELANELEFT: "Do a lane change to the left.",
-                    RoadOption.CHANGELANERIGHT: "Do a lane change to the right.",
-                }[c]
-                break
-        if hold:
-            speed_action = "Remain stopped" if v < 0.1 else "Stop now"
-        elif acc < -2.5 and cause is not None:
-            speed_action = "Stop now"
-        elif acc < -0.5:
-            speed_action = "Decelerate"
-        elif acc > 0.5 and v < v0 - 0.5:
-            speed_action = "Accelerate"
-        elif cause is not None or v0 < self.speed_factor * self._limit[idx] - 0.5:
-            speed_action = "Maintain the reduced speed"
-        else:
-            speed_action = "Maintain speed"
-        reason = _REASONS.get(cause, "") if cause is not None else ""
-        return f"{route_action} {speed_action}{reason}."
+        hits = np.flatnonzero(np.isin(cmds, _ANNOUNCED))
+        return int(cmds[hits[0]]) if len(hits) else int(RoadOption.LANEFOLLOW)
 
 
 @register_agent("constant")

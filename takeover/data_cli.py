@@ -1,245 +1,27 @@
 # ruff: noqa: B008  (typer declares options as defaults)
 """`takeover collect expert|takeover` and `takeover data inspect`: record and look at datasets.
 
-Datasets are written with `envs.dataset.DatasetWriter` (Parquet shards, see there). Expert collection
-drives routes with a privileged agent, records a frame every 20 / hz ticks with the agent's labels, and
-fills each frame's future boxes and the agent's future trajectory (2 s at 5 Hz) from the ticks driven
-after it; bucket tags come from `envs.buckets`. One route = one segment (`trigger="expert"`), so
-`--resume` skips routes already in the folder.
+The collection jobs themselves are in `takeover.collect`; this module holds their commands and the
+dataset summary and figures of `data inspect`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import typer
 
 from envs.geometry import box_corners
-from envs.segments import (
-    Frame,
-    SceneSnapshot,
-    TakeoverSegment,
-    driven_future,
-    fill_agent_futures,
-    scene_frame,
-    snapshot,
-)
+from envs.segments import Frame, TakeoverSegment
 from takeover.cli_errors import fail as _fail
+from takeover.collect import CollectJob, collect_expert, collect_takeover
 
 collect_app = typer.Typer(help="Record datasets: expert driving and takeovers.", no_args_is_help=True)
 data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
-
-TICK_DT = 0.05
-
-
-class Progress:
-    """A progress bar over ticks: tqdm when installed, else a line every `every_s` seconds."""
-
-    def __init__(self, desc: str, log: Callable[[str], None], every_s: float = 10.0) -> None:
-        self.desc, self.log, self.every_s = desc, log, every_s
-        self.n = 0
-        self._last = time.time()
-        try:
-            from tqdm import tqdm
-
-            self._bar = tqdm(desc=desc, unit="tick")
-        except ImportError:
-            self._bar = None
-
-    def update(self, n: int = 1, **status: object) -> None:
-        self.n += n
-        if self._bar is not None:
-            self._bar.update(n)
-            self._bar.set_postfix(status, refresh=False)
-        elif time.time() - self._last >= self.every_s:
-            self._last = time.time()
-            extra = "  ".join(f"{k} {v}" for k, v in status.items())
-            self.log(f"    {self.desc}: tick {self.n}  {extra}")
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-def default_expert_agent() -> str:
-    """ "expert" when registered (policies.expert), else "lane_follow"."""
-    from policies.base import AGENTS
-
-    with contextlib.suppress(ImportError):
-        import policies.expert  # registers "expert"
-    import policies.simple_agent  # noqa: F401
-
-    return "expert" if "expert" in AGENTS else "lane_follow"
-
-
-# ------------------------------------------------------------------------------- expert recording
-def frame_from_tick(env, out, route_id: str, town: str) -> Frame:
-    """A Frame for the current tick of `env` with the labels of agent output `out` (futures empty)."""
-    exp = out.expert
-    hazards = sorted(k for k, v in (exp.hazards if exp else {}).items() if v)
-    if exp is not None and exp.lane_change:
-        hazards.append(f"lane_change_{exp.lane_change}")
-    target_speed = exp.target_speed if exp is not None else out.info.get("target_speed", float("nan"))
-    return scene_frame(
-        env.scene, env.observation(), route_id, town,
-        language=out.language,
-        path=None if out.path is None else np.asarray(out.path, np.float64),
-        speed_waypoints=None if out.speed_waypoints is None else np.asarray(out.speed_waypoints, np.float64),
-        target_speed=float(target_speed) if target_speed is not None else float("nan"),
-        control=out.control.as_array(),
-        driver="expert",
-        hazards=hazards,
-        cause=exp.cause.kind if exp is not None and exp.cause is not None else "",
-    )
-
-
-def record_expert_route(env, agent, options: dict, seed: int, hz: int, progress: Progress | None = None):
-    """Drive one episode with `agent`; returns (frames at `hz`, env record). Buckets are tagged."""
-    from envs.buckets import tag_frames
-
-    every = max(round(1.0 / (hz * TICK_DT)), 1)
-    env.reset(seed=seed, options=options)
-    agent.reset(env.route)
-    rid, town = env.route.route_id, env.route.town or ""
-    frames: list[Frame] = []
-    snapshots: dict[int, SceneSnapshot] = {}
-    while True:
-        scene = env.scene
-        snapshots[int(scene.tick)] = snapshot(scene)
-        out = agent.act(env.observation(), scene if agent.privileged else None)
-        if scene.tick % every == 0:
-            frames.append(frame_from_tick(env, out, rid, town))
-        _, _, terminated, truncated, info = env.step(out.control.as_array())
-        if progress is not None:
-            progress.update(1, completion=f"{info['completion']:.1f}%", frames=len(frames))
-        if terminated or truncated:
-            snapshots[int(env.scene.tick)] = snapshot(env.scene)
-            break
-    for f in frames:  # the expert drove: its future trajectory is the one driven
-        fill_agent_futures(f, snapshots)
-        f.expert_future = driven_future(f, snapshots)
-    tag_frames(frames)
-    return frames, env.record()
-
-
-@dataclass
-class CollectJob:
-    map: str
-    out: Path
-    routes: str | None = None
-    route_ids: list[str] | None = None
-    agent: str | None = None  # None = default_expert_agent()
-    hz: int = 4
-    num_routes: int = 2
-    seed: int = 0
-    vehicles: int = 20
-    pedestrians: int = 5
-    max_ticks: int = 4000
-    shard_frames: int = 512
-    image_format: str = "png"
-    camera_size: tuple[int, int] = (256, 128)
-    log: Callable[[str], None] = field(default=print)
-
-
-def collect_expert(job: CollectJob) -> dict:
-    """Drive the job's routes with a privileged agent and append one segment per route to `job.out`."""
-    from envs.dataset import DatasetWriter
-    from envs.driving_env import DrivingEnv, EnvConfig
-    from envs.sumo_backend import SimulatorError, TrafficConfig
-    from policies.base import make_agent
-    from takeover.drive import DriveJob, plan_jobs
-
-    agent_name = job.agent or default_expert_agent()
-    agent = make_agent(agent_name)
-    if not getattr(agent, "privileged", False):
-        raise ValueError(f"agent {agent_name!r} is not privileged; expert data needs a privileged agent")
-    traffic = TrafficConfig(vehicles=job.vehicles, pedestrians=job.pedestrians)
-    drive_job = DriveJob(
-        map=job.map,
-        out=job.out,
-        routes=job.routes,
-        route_ids=job.route_ids,
-        num_random_routes=job.num_routes,
-        log=job.log,
-    )
-    writer = DatasetWriter(
-        job.out, kind="expert", shard_frames=job.shard_frames, image_format=job.image_format
-    )
-    stats = {"routes": 0, "skipped": 0, "failed": 0, "frames": 0}
-    try:
-        for map_path, specs in plan_jobs(drive_job):
-            cfg = EnvConfig(
-                map=map_path,
-                routes=job.routes if specs else None,
-                route_ids=[s.route_id for s in specs] if specs else None,
-                traffic=traffic,
-                max_ticks=job.max_ticks,
-            )
-            cfg.camera.enabled = True
-            cfg.camera.width, cfg.camera.height = job.camera_size
-            env = DrivingEnv(cfg)
-            try:
-                n = len(specs) if specs is not None else job.num_routes
-                for k in range(n):
-                    rid = specs[k].route_id if specs else f"random-{job.seed + k}"
-                    if rid in writer.segment_ids:
-                        stats["skipped"] += 1
-                        job.log(f"{rid}: already in {job.out}, skipped")
-                        continue
-                    progress = Progress(rid, job.log)
-                    try:
-                        frames, rec = record_expert_route(
-                            env, agent, {"route_id": rid} if specs else {}, job.seed + k, job.hz, progress
-                        )
-                    except SimulatorError as exc:
-                        stats["failed"] += 1
-                        job.log(f"{rid}: simulation failed: {exc}")
-                        continue
-                    finally:
-                        progress.close()
-                    for f in frames:
-                        f.route_id = rid
-                    info = {
-                        "agent": agent_name,
-                        "map": str(map_path),
-                        "seed": job.seed + k,
-                        "hz": job.hz,
-                        "status": rec.get("status"),
-                        "completion": rec["scores"]["score_route"],
-                        "driving_score": rec["scores"]["score_composed"],
-                    }
-                    writer.add_segment(
-                        TakeoverSegment(
-                            rid,
-                            "expert",
-                            0,
-                            rid,
-                            frames[0].town if frames else "",
-                            frames,
-                            np.zeros(len(frames), bool),
-                            info,
-                        )
-                    )
-                    stats["routes"] += 1
-                    stats["frames"] += len(frames)
-                    job.log(
-                        f"{rid}: {len(frames)} frames, {rec.get('status')}, completion "
-                        f"{rec['scores']['score_route']:.1f}%"
-                    )
-            finally:
-                env.close()
-    finally:
-        writer.close()
-    job.log(f"expert data: {stats['routes']} routes, {stats['frames']} frames -> {job.out}")
-    return stats
-
 
 # ---------------------------------------------------------------------------------- inspection
 def summarize_dataset(root: str | Path) -> dict:
@@ -402,6 +184,19 @@ def inspect_dataset(
 
 
 # ------------------------------------------------------------------------------------ commands
+def _run_collect(collect: Callable[[CollectJob], dict], job: CollectJob) -> None:
+    """Run a collection job; bad input and a failed simulator become a one-line error (exit 2)."""
+    from envs.dataset import DatasetError
+    from envs.maps.build import MapError
+    from envs.routes import RouteFileError
+    from envs.sumo_backend import SimulatorError
+
+    try:
+        collect(job)
+    except (MapError, RouteFileError, SimulatorError, DatasetError, ValueError) as exc:
+        _fail(str(exc))
+
+
 @collect_app.command("expert")
 def collect_expert_cmd(
     map: str = typer.Option(
@@ -423,11 +218,6 @@ def collect_expert_cmd(
     image_format: str = typer.Option("png", "--image-format", help="png (lossless) or jpeg."),
 ) -> None:
     """Record expert driving (labels + bucket tags + scene snapshots) as a dataset."""
-    from envs.dataset import DatasetError
-    from envs.maps.build import MapError
-    from envs.routes import RouteFileError
-    from envs.sumo_backend import SimulatorError
-
     if not 1 <= hz <= 20:
         _fail("--hz must be between 1 and 20")
     job = CollectJob(
@@ -446,10 +236,7 @@ def collect_expert_cmd(
         image_format=image_format,
         log=typer.echo,
     )
-    try:
-        collect_expert(job)
-    except (MapError, RouteFileError, SimulatorError, DatasetError, ValueError) as exc:
-        _fail(str(exc))
+    _run_collect(collect_expert, job)
 
 
 @data_app.command("inspect")
@@ -498,66 +285,25 @@ def collect_takeover_cmd(
 ) -> None:
     """Drive a policy with the expert in shadow mode and record takeover segments
     (`envs.takeover.TakeoverCollector`)."""
-    from envs.buckets import tag_frames
-    from envs.dataset import DatasetError, DatasetWriter
-    from envs.driving_env import DrivingEnv, EnvConfig
-    from envs.maps.build import MapError
-    from envs.routes import RouteFileError
-    from envs.sumo_backend import SimulatorError, TrafficConfig
-    from envs.takeover import TakeoverCollector, TakeoverConfig
-    from policies.base import make_agent
-    from takeover.drive import DriveJob, plan_jobs
-
-    try:
-        pol = make_agent(policy)
-        exp = make_agent(expert or default_expert_agent())
-        cfg_t = TakeoverConfig(
-            t_pre=t_pre, t_take=t_take, triggers=list(trigger) if trigger else TakeoverConfig().triggers
-        )
-        writer = DatasetWriter(out, kind="takeover", shard_frames=shard_frames, image_format=image_format)
-        groups = plan_jobs(
-            DriveJob(
-                map=map,
-                out=out,
-                routes=routes,
-                route_ids=route_id or None,
-                num_random_routes=num_routes,
-                log=typer.echo,
-            )
-        )
-        total: dict[str, int] = {}
-        for map_path, specs in groups:
-            cfg = EnvConfig(
-                map=map_path,
-                routes=routes if specs else None,
-                route_ids=[s.route_id for s in specs] if specs else None,
-                traffic=TrafficConfig(vehicles=vehicles, pedestrians=pedestrians),
-                max_ticks=max_ticks,
-            )
-            env = DrivingEnv(cfg)
-            try:
-                collector = TakeoverCollector(env, pol, exp, cfg_t)
-                n = len(specs) if specs is not None else num_routes
-                for k in range(n):
-                    options = {"route_id": specs[k].route_id} if specs else {}
-                    segs = collector.run_episode(options, seed=seed + k)
-                    for seg in segs:
-                        if not seg.frames:
-                            continue
-                        seg.segment_id = f"{seg.segment_id}-seed{seed + k}"
-                        if seg.segment_id in writer.segment_ids:
-                            continue
-                        if not any(f.buckets for f in seg.frames):
-                            tag_frames(seg.frames)
-                        writer.add_segment(seg)
-                        total[seg.trigger] = total.get(seg.trigger, 0) + 1
-                    typer.echo(
-                        f"{env.route.route_id}: {len(segs)} takeover segments "
-                        f"({', '.join(s.trigger for s in segs) or '-'})"
-                    )
-            finally:
-                env.close()
-        writer.close()
-    except (MapError, RouteFileError, SimulatorError, DatasetError, ValueError) as exc:
-        _fail(str(exc))
-    typer.echo(f"takeover data: {sum(total.values())} segments {total} -> {out}")
+    if t_take < 1 or t_pre < 0:
+        _fail(f"--t-take must be >= 1 and --t-pre >= 0 (got {t_take}, {t_pre})")
+    job = CollectJob(
+        map=map,
+        out=out,
+        routes=routes,
+        route_ids=route_id or None,
+        agent=expert,
+        policy=policy,
+        triggers=list(trigger) if trigger else None,
+        t_pre=t_pre,
+        t_take=t_take,
+        num_routes=num_routes,
+        seed=seed,
+        vehicles=vehicles,
+        pedestrians=pedestrians,
+        max_ticks=max_ticks,
+        shard_frames=shard_frames,
+        image_format=image_format,
+        log=typer.echo,
+    )
+    _run_collect(collect_takeover, job)

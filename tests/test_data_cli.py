@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from envs.dataset import open_dataset
 from envs.segments import FUTURE_STEPS
+from policies.language import ROUTE_PHRASES, SPEED_PHRASES
 from takeover.cli import app
 
 runner = CliRunner()
@@ -34,6 +35,12 @@ def test_collect_expert_writes_readable_dataset_and_inspect_renders(tmp_path):
     assert f0.path.shape == (20, 2) and f0.speed_waypoints.shape == (10, 2) and f0.language
     assert np.isfinite(f0.target_speed)
     assert "start_from_stop" in f0.buckets and "stopped" in f0.buckets
+    # SimLingo-style commentary of the agent's state, phrasings drawn per tick (deterministic by seed)
+    for f in seg.frames:
+        route, _, speed = f.language.partition(". ")
+        assert any(route.startswith(p) for ps in ROUTE_PHRASES.values() for p in ps), f.language
+        assert any(speed.startswith(p) for ps in SPEED_PHRASES.values() for p in ps), f.language
+    assert len({f.language.partition(". ")[0] for f in seg.frames}) > 1
     assert any("acceleration" in f.buckets for f in seg.frames)
     # the future trajectory is what the ego drove next: frame k's sample 5 (1.2 s = 24 ticks later)
     # lies between the poses of the frames recorded at +20 and +25 ticks; the last frames run out of future
@@ -115,6 +122,50 @@ def test_collect_takeover_with_a_user_trigger(tmp_path, monkeypatch):
     assert seg.pre_takeover.tolist() == [True] * 4 + [False] * 6
     assert all(f.path is None for f in seg.frames[:4]) and all(f.path is not None for f in seg.frames[4:])
     assert [f.driver for f in seg.frames] == ["policy"] * 4 + ["expert"] * 6
+    # pre-takeover frames: the label of the expert's state at the trigger (commentary: the user trigger
+    # has no enhanced wording); the run's info names policy, expert and seed
+    assert {f.language for f in seg.frames[:4]} == {seg.frames[4].language} and seg.frames[4].language
+    assert seg.info["policy"] == "constant" and seg.info["expert"] == "lane_follow" and seg.info["seed"] == 0
     res = runner.invoke(app, ["data", "inspect", str(out), "--out", str(tmp_path / "figs")])
     assert res.exit_code == 0 and "fire_at_ten 1" in res.output
     assert len(list((tmp_path / "figs").glob("segment_*.png"))) == 1
+
+
+CRASHING_POLICY = """
+from envs.sumo_backend import SimulatorError
+from policies.base import make_agent
+
+
+class CrashAt90:
+    '''Drives like `constant` and reports a dead simulator at tick 90 (the failure path of a real crash).'''
+
+    name = "crash_at_90"
+    privileged = True
+
+    def __init__(self):
+        self.inner = make_agent("constant")
+
+    def reset(self, route):
+        self.inner.reset(route)
+
+    def act(self, obs, scene):
+        if scene.tick == 90:
+            raise SimulatorError("SUMO died (test)")
+        return self.inner.act(obs, scene)
+"""
+
+
+def test_collect_takeover_keeps_finished_segments_when_the_simulator_dies(tmp_path, monkeypatch):
+    (tmp_path / "my_trig_crash.py").write_text(textwrap.dedent(USER_TRIGGER))
+    (tmp_path / "my_policy_crash.py").write_text(textwrap.dedent(CRASHING_POLICY))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "tk"
+    res = runner.invoke(
+        app,
+        ["collect", "takeover", "--policy", "my_policy_crash:CrashAt90", "--expert", "lane_follow", *SMALL,
+         "--out", str(out), "--trigger", "my_trig_crash:FireAtTen", "--t-pre", "4", "--t-take", "6"],
+    )
+    assert res.exit_code == 0, res.output
+    assert "simulation failed" in res.output and "SUMO died" in res.output
+    (seg,) = open_dataset(out).segments()  # finalised at tick 56 (2 s after its last frame), then written
+    assert seg.trigger == "fire_at_ten" and len(seg.frames) == 10 and not seg.info["truncated"]

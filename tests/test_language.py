@@ -309,3 +309,57 @@ def test_pre_takeover_labels():
     assert "pedestrian" in labels[0] and _has_opener(labels[0], "collision")
     # Different triggers at the same tick give different labels.
     assert gen.enhanced(s, "follow", 120) != labels[0]
+
+
+def test_follow_and_collision_wording_only_while_the_expert_slows():
+    for act in (SpeedAction.ACCELERATE, SpeedAction.KEEP, SpeedAction.START):
+        s = state(act, cause="vehicle")
+        for trig in ("follow", "collision"):
+            assert enhanced(s, trig, 5) == commentary(s, 5)
+    slowing = (SpeedAction.DECELERATE, SpeedAction.STOP, SpeedAction.REMAIN_STOPPED, SpeedAction.KEEP_REDUCED)
+    for act in slowing:
+        assert _has_opener(enhanced(state(act, cause="vehicle"), "follow", 5), "follow")
+
+
+def test_lane_change_cause_names_what_the_lane_change_is_for():
+    # Driving past cones (nothing slows the ego: no cause), the lane change still says what it is for.
+    cones = state(SpeedAction.ACCELERATE, lane_change="left", lane_change_cause=Cause("cone", "c1", 6.0))
+    assert commentary(cones) == "Change lane to the left to go around the traffic cones. Accelerate."
+    assert describe(cones).reason == "bypass" and describe(cones).cause == "cone"
+    restart = enhanced(cones, "restart")
+    assert "left lane" in restart and "cones" in restart
+    ev = state(SpeedAction.KEEP, lane_change="right", lane_change_cause=Cause("emergency", "ev", 20.0))
+    assert commentary(ev) == "Change lane to the right to make way for the emergency vehicle. Maintain speed."
+    # The lane-change cause wins over the cause of a slow-down for the route sentence.
+    both = state(SpeedAction.DECELERATE, cause="vehicle", lane_change="left",
+                 lane_change_cause=Cause("parked_vehicle", "p", 9.0))
+    assert describe(both).reason == "bypass" and describe(both).cause == "parked_vehicle"
+    # Without a lane change the lane-change cause is not read.
+    plain = state(SpeedAction.ACCELERATE, lane_change_cause=Cause("cone", "c1", 6.0))
+    assert commentary(plain) == "Follow the route. Accelerate."
+
+
+def test_takeover_label_is_the_enhanced_label_drawn_with_the_tick():
+    gen = LabelGenerator(11)
+    s = state(SpeedAction.DECELERATE, cause="bicycle")
+    for tick in (0, 7, 300):
+        assert gen.takeover_label(s, "follow", True, tick) == LabelGenerator(11).enhanced(s, "follow", tick)
+        assert gen.takeover_label(s, "follow", False, tick) == gen.takeover_label(s, "follow", True, tick)
+    assert len({gen.takeover_label(s, "follow", False, t) for t in range(30)}) > 3
+
+
+def test_predicted_collision_reads_as_giving_way_not_following():
+    s = state(SpeedAction.STOP, cause="vehicle", hazards={"collision": True})
+    assert describe(s).reason == "conflict"
+    assert commentary(s) == "Follow the route. Stop now to avoid a collision with the vehicle."
+    texts = {commentary(s, seed) for seed in SEEDS}
+    assert all("behind" not in t and "ahead" not in t for t in texts) and len(texts) > 5
+    assert any("give way to" in t for t in texts) and any("other car" in t for t in texts)
+    follow = {enhanced(s, "follow", seed) for seed in SEEDS}
+    assert all(_has_opener(t, "follow") and "slowing down" not in t for t in follow)
+    assert any("give way to" in t or "coming into our path" in t for t in follow)
+    collision = enhanced(s, "collision")
+    assert _has_opener(collision, "collision") and "collision course with the vehicle" in collision
+    # Without the hazard it stays a leading object.
+    plain = state(SpeedAction.STOP, cause="vehicle")
+    assert commentary(plain) == "Follow the route. Stop now to stay behind the vehicle."

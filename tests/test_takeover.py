@@ -22,6 +22,7 @@ from envs.triggers import (
     predict_collisions,
 )
 from policies.base import AgentOutput, Cause, Control, ExpertState, make_agent
+from policies.language import ENHANCEMENTS, LabelGenerator
 
 EMPTY = {"vehicles": 0, "pedestrians": 0}
 BLOCKER_AT = 80.0  # metres along the straight route where a stopped car stands
@@ -143,6 +144,13 @@ def test_restart_fires_for_stuck_ego_not_at_red_light_or_in_queue():
     # A queue: the car in front is 2 m away (closer than hold_distance).
     queue = _expert(0.8, 0.0, cause=Cause("vehicle", "a0", 2.0))
     assert not any(trig.update(_info(_scene(0.0, tick=k), queue, stop)) for k in range(200))
+    # The expert only wants to go by its own stuck rule (creeping): not a restart, unless configured.
+    creeping = _expert(1.5, 0.0)
+    creeping.expert.stuck = True
+    trig.reset()
+    assert not any(trig.update(_info(_scene(0.0, tick=k), creeping, stop)) for k in range(200))
+    counted = RestartTrigger({"count_expert_creep": True})
+    assert [counted.update(_info(_scene(0.0, tick=k), creeping, stop)) for k in range(80)].index(True) == 59
     # Creeping at 0.5 m/s is not standing still.
     assert not any(trig.update(_info(_scene(0.5, tick=k), wants_to_go, stop)) for k in range(200))
 
@@ -188,7 +196,8 @@ def test_follow_fires_when_constant_policy_ignores_stopped_car(make_env):
     env, route = _blocked_route(make_env)
     streamed = []
     col = TakeoverCollector(env, make_agent("constant", throttle=0.6), make_agent("lane_follow"),
-                            {"triggers": ["follow"], "max_ticks": 300}, on_segment=streamed.append)
+                            {"triggers": ["follow"], "max_ticks": 300}, on_segment=streamed.append,
+                            labeler=LabelGenerator(7).takeover_label)
     segs = col.run_episode({"route": route}, seed=0)
     assert segs and streamed == segs
     seg = segs[0]
@@ -200,6 +209,22 @@ def test_follow_fires_when_constant_policy_ignores_stopped_car(make_env):
     assert all(f.control[1] == 0.0 and f.control[0] == pytest.approx(0.6) for f in seg.frames[:20])
     assert max(f.control[1] for f in seg.frames[20:]) > 0.3
     assert seg.frames[-1].ego[3] < at.ego[3] - 3.0
+    # TakeVLA labels: the pre-takeover frames all carry the enhanced label of the expert's state at the
+    # trigger (the same text as the trigger frame), urgent Follow wording naming the car; the takeover
+    # frames are labelled from their own states, still Follow wording while the expert brakes.
+    labels = [f.language for f in seg.frames]
+    assert set(labels[:20]) == {at.language}
+    openers = [o.lower() for o in ENHANCEMENTS["follow"].openers]
+    assert any(o in at.language.lower() for o in openers)
+    assert "car" in at.language or "vehicle" in at.language
+    braking = [f.language for f in seg.frames[20:] if f.control[1] > 0.3]
+    assert braking and all(any(o in t.lower() for o in openers) for t in braking)
+    assert len(set(labels[20:])) > 1  # phrasing drawn per tick
+    # Deterministic: the same seeds give the same text.
+    again = TakeoverCollector(env, make_agent("constant", throttle=0.6), make_agent("lane_follow"),
+                              {"triggers": ["follow"], "max_ticks": 300},
+                              labeler=LabelGenerator(7).takeover_label).run_episode({"route": route}, seed=0)
+    assert [f.language for f in again[0].frames] == labels
 
 
 def test_follow_and_others_silent_when_policy_is_the_expert(make_env):
@@ -219,9 +244,10 @@ def test_segment_boundaries_masks_and_return_of_control(make_env):
     assert len(seg.frames) == 20 and seg.pre_takeover.tolist() == [True] * 8 + [False] * 12
     ticks = [f.tick for f in seg.frames]
     assert ticks == list(range(seg.trigger_tick - 8, seg.trigger_tick + 12))
-    for f in seg.frames[:8]:  # pre-takeover: language only, no action labels
+    for f in seg.frames[:8]:  # pre-takeover: language only (the expert's at the trigger), no action labels
         assert f.driver == "policy" and f.path is None and f.speed_waypoints is None
-        assert math.isnan(f.target_speed) and f.language and f.policy_path.shape == (20, 2)
+        assert math.isnan(f.target_speed) and f.language == seg.frames[8].language
+        assert f.policy_path.shape == (20, 2)
     for f in seg.frames[8:]:  # takeover: the expert's labels
         assert f.driver == "expert" and f.path.shape == (20, 2) and f.speed_waypoints.shape == (10, 2)
         assert np.isfinite(f.target_speed) and f.language
