@@ -4,11 +4,17 @@ Layout of a dataset folder:
 - `shard-00000.parquet`, `shard-00001.parquet`, ...: one row per recorded frame (columns in `SCHEMA`),
   with the segment it belongs to (`segment_id`, `trigger`, `trigger_tick`, `pre_takeover`,
   `frame_index`, `num_frames`, `segment_info` as JSON), the observation (camera image as PNG or JPEG
-  bytes), the labels and the scene snapshot. Fixed-shape arrays are fixed-size lists (optional ones:
-  lists of that size, null = `None`), per-agent arrays are lists of fixed-size lists. The Parquet
-  schema metadata carries `takeover.schema_version` and `takeover.kind` ("expert" | "takeover"). Any
-  Parquet reader (pyarrow, pandas, `ray.data.read_parquet(dir)`) reads the shards directly.
+  bytes), the labels, the scene snapshot and the local map (`ego_extent`, `route`, `lanes`,
+  `lane_start`; see `envs.segments`). Fixed-shape arrays are fixed-size lists (optional ones: lists of
+  that size, null = `None`), per-agent arrays and the route / lane points are lists of fixed-size lists,
+  `lane_start` a list of int32. The Parquet schema metadata carries `takeover.schema_version` and
+  `takeover.kind` ("expert" | "takeover"). Any Parquet reader (pyarrow, pandas,
+  `ray.data.read_parquet(dir)`) reads the shards directly.
 - `manifest.json`: the index (schema version, kind, per shard: file, frames, segments, routes, triggers).
+
+Schema versions: 2 (written now) added the local map columns to version 1. Version-1 datasets still
+read, their frames getting the `Frame` defaults for the map fields (no route, no lanes, the default ego
+size); a writer appends only to a dataset of the current version.
 
 Writes are atomic per shard: a shard is written under a hidden temporary name (`.shard-*.parquet.tmp`),
 fsynced, then hard-linked to its final name (which fails rather than overwrite an existing shard) and
@@ -19,8 +25,8 @@ an existing dataset appends new shards after the last one (resume).
 
 Segments are never split across shards: `shard_frames` is the frame count at which buffered segments
 are flushed. Arrays come back in their canonical dtypes: `target_points` and `control` float32,
-`agent_kind` int8, every other array float64 (what the environment and agents produce). `info` must be
-JSON-serialisable (JSON turns tuples into lists).
+`agent_kind` int8, `lane_start` int32, every other array float64 (what the environment and agents
+produce). `info` must be JSON-serialisable (JSON turns tuples into lists).
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ from torch.utils.data import Dataset as TorchDataset
 from envs.buckets import BUCKETS
 from envs.segments import FUTURE_STEPS, Frame, TakeoverSegment
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: no local map columns (ego_extent, route, lanes, lane_start)
 KINDS = ("expert", "takeover")
 MANIFEST = "manifest.json"
 _SHARD_RE = re.compile(r"^shard-(\d{5,})\.parquet$")
@@ -63,6 +70,7 @@ _FIXED: dict[str, tuple[tuple[int, ...], type]] = {
     "policy_path": ((20, 2), np.float64),
     "ego": ((4,), np.float64),
     "expert_future": ((FUTURE_STEPS, 3), np.float64),
+    "ego_extent": ((2,), np.float64),
 }
 _NULLABLE = {"path", "speed_waypoints", "policy_path"}
 
@@ -115,8 +123,14 @@ SCHEMA = pa.schema(
         ("buckets", pa.list_(pa.string())),
         ("hazards", pa.list_(pa.string())),
         ("cause", pa.string()),
+        # schema version 2: the local map
+        ("ego_extent", _fsl("ego_extent")),
+        ("route", pa.list_(pa.list_(pa.float64(), 2))),
+        ("lanes", pa.list_(pa.list_(pa.float64(), 3))),
+        ("lane_start", pa.list_(pa.int32())),
     ]
 )
+_MAP_COLUMNS = ("ego_extent", "route", "lanes", "lane_start")  # absent from version-1 shards
 
 
 # ------------------------------------------------------------------------------------------ images
@@ -182,6 +196,25 @@ def _list_column(values: list[np.ndarray], inner: pa.DataType, width: int, dtype
     return pa.ListArray.from_arrays(pa.array(offsets), child)
 
 
+def _check_local_map(f: Frame) -> None:
+    """Shapes of the route and lane arrays, and `lane_start` a valid CSR index into `lanes`."""
+    route, lanes, start = np.asarray(f.route), np.asarray(f.lanes), np.asarray(f.lane_start)
+    if route.ndim != 2 or route.shape[1] != 2:
+        raise ValueError(f"Frame.route has shape {route.shape}, expected (R, 2)")
+    if lanes.ndim != 2 or lanes.shape[1] != 3:
+        raise ValueError(f"Frame.lanes has shape {lanes.shape}, expected (P, 3)")
+    if (
+        start.ndim != 1
+        or len(start) == 0
+        or start[0] != 0
+        or start[-1] != len(lanes)
+        or np.any(np.diff(start) < 0)
+    ):
+        raise ValueError(
+            f"Frame.lane_start must rise from 0 to len(lanes) = {len(lanes)}, got {start.tolist()[:8]}..."
+        )
+
+
 def frames_to_table(
     rows: list[tuple[TakeoverSegment, int]], kind: str, image_format: str = "png"
 ) -> pa.Table:
@@ -197,6 +230,7 @@ def frames_to_table(
         ):
             if np.shape(arr) != (n, *tail):
                 raise ValueError(f"Frame.{name} has shape {np.shape(arr)}, expected {(n, *tail)}")
+        _check_local_map(f)
     infos = {}
     for seg, _ in rows:
         if seg.segment_id not in infos:
@@ -236,6 +270,9 @@ def frames_to_table(
         "buckets": [list(f.buckets) for f in frames],
         "hazards": [list(f.hazards) for f in frames],
         "cause": [f.cause for f in frames],
+        "route": _list_column([f.route for f in frames], pa.float64(), 2, np.float64),
+        "lanes": _list_column([f.lanes for f in frames], pa.float64(), 3, np.float64),
+        "lane_start": _list_column([f.lane_start for f in frames], pa.int32(), 0, np.int32),
     }
     for name in _FIXED:
         cols[name] = _fixed_column(name, [getattr(f, name) for f in frames])
@@ -284,8 +321,10 @@ def _ragged_to_numpy(col: pa.ChunkedArray, tail: tuple[int, ...], dtype: type) -
 
 
 def table_to_rows(table: pa.Table) -> list[dict]:
-    """Decoded rows: segment fields plus a `frame` (`Frame`) per row."""
+    """Decoded rows: segment fields plus a `frame` (`Frame`) per row. A table without the local map
+    columns (schema version 1) gives frames with the `Frame` defaults for them."""
     n = table.num_rows
+    has_map = all(c in table.column_names for c in _MAP_COLUMNS)
     py = {
         name: table.column(name).to_pylist()
         for name in (
@@ -312,16 +351,32 @@ def table_to_rows(table: pa.Table) -> list[dict]:
             "kind",
         )
     }
-    fixed = {name: _fixed_to_numpy(table.column(name), name) for name in _FIXED}
+    fixed = {
+        name: _fixed_to_numpy(table.column(name), name)
+        for name in _FIXED
+        if has_map or name not in _MAP_COLUMNS
+    }
     kinds = _ragged_to_numpy(table.column("agent_kind"), (), np.int8)
     boxes = _ragged_to_numpy(table.column("agent_box"), (5,), np.float64)
     speeds = _ragged_to_numpy(table.column("agent_speed"), (), np.float64)
     futures = _ragged_to_numpy(table.column("agent_future"), (FUTURE_STEPS * 5,), np.float64)
+    if has_map:
+        routes = _ragged_to_numpy(table.column("route"), (2,), np.float64)
+        lanes = _ragged_to_numpy(table.column("lanes"), (3,), np.float64)
+        starts = _ragged_to_numpy(table.column("lane_start"), (), np.int32)
     rows = []
     for i in range(n):
         arrays = {}
         for name, (vals, valid) in fixed.items():
             arrays[name] = vals[i].copy() if valid[i] else None
+        local_map = {}
+        if has_map:
+            local_map = {
+                "ego_extent": arrays["ego_extent"],
+                "route": routes[i],
+                "lanes": lanes[i],
+                "lane_start": starts[i],
+            }
         frame = Frame(
             tick=py["tick"][i],
             route_id=py["route_id"][i],
@@ -347,6 +402,7 @@ def table_to_rows(table: pa.Table) -> list[dict]:
             buckets=list(py["buckets"][i]),
             hazards=list(py["hazards"][i]),
             cause=py["cause"][i],
+            **local_map,
         )
         rows.append(
             {
@@ -398,18 +454,27 @@ def shard_files(root: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def check_schema(path: Path, schema: pa.Schema) -> str:
-    """The dataset kind of a shard; DatasetError for a file of an unknown schema version."""
+def _versions_text() -> str:
+    return " and ".join(str(v) for v in READABLE_VERSIONS)
+
+
+def shard_meta(path: Path, schema: pa.Schema) -> tuple[str, int]:
+    """(dataset kind, schema version) of a shard; DatasetError for a file of an unknown schema version."""
     meta = schema.metadata or {}
     if _META_VERSION not in meta:
         raise DatasetError(f"{path} is not a takeover dataset shard (no {_META_VERSION.decode()} metadata)")
     version = meta[_META_VERSION].decode()
-    if version != str(SCHEMA_VERSION):
+    if version not in {str(v) for v in READABLE_VERSIONS}:
         raise DatasetError(
-            f"{path} has dataset schema version {version}; this version of takeover reads version "
-            f"{SCHEMA_VERSION} only (re-collect the data or use the matching takeover release)"
+            f"{path} has dataset schema version {version}; this version of takeover reads versions "
+            f"{_versions_text()} only (re-collect the data or use the matching takeover release)"
         )
-    return meta.get(_META_KIND, b"").decode()
+    return meta.get(_META_KIND, b"").decode(), int(version)
+
+
+def check_schema(path: Path, schema: pa.Schema) -> str:
+    """The dataset kind of a shard; DatasetError for a file of an unknown schema version."""
+    return shard_meta(path, schema)[0]
 
 
 # ------------------------------------------------------------------------------------------ writer
@@ -442,9 +507,14 @@ class DatasetWriter:
         self.manifest = self._load_manifest()
         existing = shard_files(self.root)
         for p in existing:
-            k = check_schema(p, pq.read_schema(p))
+            k, version = shard_meta(p, pq.read_schema(p))
             if k != kind:
                 raise DatasetError(f"{self.root} holds {k!r} data; cannot append {kind!r} data")
+            if version != SCHEMA_VERSION:
+                raise DatasetError(
+                    f"{p} has dataset schema version {version}; cannot append version {SCHEMA_VERSION} "
+                    f"shards to it (write to a new folder)"
+                )
         known = {s["file"] for s in self.manifest["shards"]}
         for p in existing:  # shards whose manifest update was lost (crash between the two renames)
             if p.name not in known:
@@ -557,10 +627,13 @@ class FrameRecord:
 class Dataset:
     """A dataset folder opened for reading (`open_dataset`)."""
 
-    def __init__(self, root: Path, shards: list[Path], kind: str) -> None:
+    def __init__(
+        self, root: Path, shards: list[Path], kind: str, schema_version: int = SCHEMA_VERSION
+    ) -> None:
         self.root = root
         self.shards = shards
         self.kind = kind
+        self.schema_version = schema_version  # of the shards (version 1: no local map columns)
         self._rows_per_shard = [pq.ParquetFile(p).metadata.num_rows for p in shards]
 
     def __len__(self) -> int:
@@ -641,26 +714,36 @@ class Dataset:
 
 
 def open_dataset(root: str | Path) -> Dataset:
-    """Open a dataset folder; DatasetError when it is missing, empty of shards, or of an unknown version."""
+    """Open a dataset folder; DatasetError when it is missing, empty of shards, of an unknown version, or
+    mixes schema versions."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset folder not found: {root}")
     shards = shard_files(root)
     kind = ""
+    version = SCHEMA_VERSION
     manifest = root / MANIFEST
     if manifest.is_file():
         m = json.loads(manifest.read_text())
-        if m.get("schema_version") != SCHEMA_VERSION:
+        if m.get("schema_version") not in READABLE_VERSIONS:
             raise DatasetError(
                 f"{manifest}: dataset schema version {m.get('schema_version')}; this version of takeover "
-                f"reads version {SCHEMA_VERSION} only"
+                f"reads versions {_versions_text()} only"
             )
         kind = m.get("kind", "")
+        version = int(m["schema_version"])
     if not shards and not manifest.is_file():
         raise DatasetError(f"{root} holds no dataset shards (shard-*.parquet) and no {MANIFEST}")
+    versions = set()
     for p in shards:
-        kind = check_schema(p, pq.read_schema(p)) or kind
-    return Dataset(root, shards, kind)
+        k, v = shard_meta(p, pq.read_schema(p))
+        kind = k or kind
+        versions.add(v)
+    if len(versions) > 1:
+        raise DatasetError(f"{root} mixes dataset schema versions {sorted(versions)}")
+    if versions:
+        version = versions.pop()
+    return Dataset(root, shards, kind, version)
 
 
 # ----------------------------------------------------------------------------------- torch view
@@ -669,10 +752,11 @@ class FrameTorchDataset(TorchDataset):
 
     Item: a dict of tensors (`image` uint8 (3, H, W) when stored and `with_images`, `speed`,
     `target_points` (2, 2), `command`, `path` (20, 2), `speed_waypoints` (10, 2), `target_speed`,
-    `control` (3,), `ego` (4,), `pre_takeover`, and `has_path` / `has_speed_waypoints` masks; missing
-    labels are zeros with the mask False), `buckets` (bool, multi-hot over `envs.buckets.BUCKETS`) and
-    strings (`language`, `segment_id`, `trigger`). The default collate function batches it. One decoded
-    shard is cached per worker, so sequential access (or shuffling within shards) is cheap.
+    `control` (3,), `ego` (4,), `ego_extent` (2,), `pre_takeover`, and `has_path` / `has_speed_waypoints`
+    masks; missing labels are zeros with the mask False), `buckets` (bool, multi-hot over
+    `envs.buckets.BUCKETS`) and strings (`language`, `segment_id`, `trigger`). The default collate
+    function batches it. One decoded shard is cached per worker, so sequential access (or shuffling within
+    shards) is cheap. The route and lane points (variable length) are not in the items.
     """
 
     def __init__(self, dataset: Dataset, with_images: bool = True) -> None:
@@ -701,6 +785,7 @@ class FrameTorchDataset(TorchDataset):
             "target_speed": torch.tensor(f.target_speed, dtype=torch.float32),
             "control": torch.from_numpy(np.asarray(f.control, np.float32)),
             "ego": torch.from_numpy(np.asarray(f.ego, np.float32)),
+            "ego_extent": torch.from_numpy(np.asarray(f.ego_extent, np.float32)),
             "pre_takeover": torch.tensor(bool(r["pre_takeover"])),
             "language": f.language,
             "segment_id": r["segment_id"],

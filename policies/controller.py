@@ -6,6 +6,9 @@
 - `WaypointController`: SimLingo's deployment controller, turning a predicted path (20 points 1 m apart)
   and speed waypoints (10 positions 0.25 s apart), both in the ego frame, into a `Control`.
 
+Gains, thresholds and the path geometry of `WaypointController` come from `envs.control`, the Numba twin
+the pseudo-simulator's batched rollouts use (`tests/test_control.py` keeps the two equal).
+
 Sign conventions (see `envs.scene`): world frame x east, y north, yaw counter-clockwise; the ego frame
 has x forward and y to the left. Steer is positive to the LEFT (counter-clockwise). CARLA's steer is
 positive to the right, but CARLA's yaw is also clockwise (y points south), so PDM-Lite's formula
@@ -20,9 +23,10 @@ from collections import deque
 
 import numpy as np
 
+from envs import control as twin
 from policies.base import Control
 
-POINTS_PER_METER = 10
+POINTS_PER_METER = twin.POINTS_PER_METER
 
 
 class WindowPID:
@@ -61,14 +65,14 @@ class LateralPID:
 
     def __init__(
         self,
-        kp: float = 3.118,
-        kd: float = 1.378,
-        ki: float = 0.641,
-        window: int = 6,
-        speed_scale: float = 0.9755,
-        speed_offset: float = 1.915,
-        min_lookahead: int = 24,
-        max_lookahead: int = 105,
+        kp: float = twin.LAT_KP,
+        kd: float = twin.LAT_KD,
+        ki: float = twin.LAT_KI,
+        window: int = twin.LAT_WINDOW,
+        speed_scale: float = twin.LOOKAHEAD_SCALE,
+        speed_offset: float = twin.LOOKAHEAD_OFFSET,
+        min_lookahead: int = twin.LOOKAHEAD_MIN,
+        max_lookahead: int = twin.LOOKAHEAD_MAX,
         points_per_meter: int = POINTS_PER_METER,
     ) -> None:
         self.kp, self.kd, self.ki = kp, kd, ki
@@ -116,7 +120,10 @@ class LateralPID:
         `path` is either in the ego frame (leave `position` None and `yaw` 0) or in the world frame
         with the vehicle's world `position` (x, y) and `yaw`; in both cases it starts at the vehicle.
         """
-        err = self.heading_error(path, speed, position, yaw)
+        return self.step_error(self.heading_error(path, speed, position, yaw))
+
+    def step_error(self, err: float) -> float:
+        """Steer in [-1, 1] for a heading error computed elsewhere (the PID part of `step`)."""
         self._errors.append(err)
         self.last_error = err
         if len(self._errors) >= 2:
@@ -140,14 +147,14 @@ class LongitudinalPID:
 
     def __init__(
         self,
-        kp: float = 1.75,
-        ki: float = 1.0,
-        kd: float = 2.0,
-        window: int = 20,
-        brake_speed: float = 0.4,
-        brake_ratio: float = 1.1,
-        clip_delta: float = 1.0,
-        max_throttle: float = 0.75,
+        kp: float = twin.LON_KP,
+        ki: float = twin.LON_KI,
+        kd: float = twin.LON_KD,
+        window: int = twin.LON_WINDOW,
+        brake_speed: float = twin.BRAKE_SPEED,
+        brake_ratio: float = twin.BRAKE_RATIO,
+        clip_delta: float = twin.CLIP_DELTA,
+        max_throttle: float = twin.MAX_THROTTLE,
     ) -> None:
         self.pid = WindowPID(kp, ki, kd, window)
         self.brake_speed, self.brake_ratio = brake_speed, brake_ratio
@@ -203,8 +210,9 @@ def desired_speed_from_waypoints(speed_waypoints: np.ndarray, dt: float = 0.25) 
 class WaypointController:
     """SimLingo's deployment controller: (path, speed waypoints, speed) -> `Control`.
 
-    - path: (20, 2) ego-frame points 1 m apart; densified to 10 pts/m with the ego origin prepended,
-      then steered by `LateralPID` (ego frame: position 0, yaw 0).
+    - path: (20, 2) ego-frame points 1 m apart, the ego origin prepended; the lookahead point is where
+      the 10 pts/m resampling (`densify_path`) would put it (`envs.control.heading_error_on_path`), and
+      `LateralPID` turns the heading error into steer. The lookahead rule is the twin's (PDM-Lite's).
     - speed_waypoints: (10, 2) ego-frame positions 0.25 s apart (the first at +0.25 s);
       desired speed = |wp[2] - wp[0]| / 0.5 s, then `LongitudinalPID`.
     - creep (off by default): after `stuck_time` s (40 s) below 0.1 m/s, throttle >= `creep_throttle`
@@ -246,7 +254,8 @@ class WaypointController:
         desired = desired_speed_from_waypoints(speed_waypoints, self.waypoint_dt)
         self.last_desired_speed = desired
         throttle, brake = self.longitudinal.step(desired, speed)
-        steer = self.lateral.step(densify_path(path), speed)
+        pts, cum = twin.path_with_origin(np.asarray(path, np.float64).reshape(-1, 2))
+        steer = self.lateral.step_error(twin.heading_error_on_path(pts, cum, 0.0, 0.0, 0.0, 0.0, speed))
         if self.creep:
             if speed < 0.1:
                 self.stuck_counter += 1

@@ -25,7 +25,7 @@ data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
 
 # ---------------------------------------------------------------------------------- inspection
 def summarize_dataset(root: str | Path) -> dict:
-    from envs.dataset import SCHEMA_VERSION, open_dataset
+    from envs.dataset import open_dataset
 
     ds = open_dataset(root)
     t = ds.read_table(
@@ -49,7 +49,7 @@ def summarize_dataset(root: str | Path) -> dict:
     return {
         "path": str(root),
         "kind": ds.kind,
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": ds.schema_version,
         "shards": len(ds.shards),
         "frames": t.num_rows,
         "segments": len(seen),
@@ -100,7 +100,7 @@ def draw_bev(ax, f: Frame, radius: float = 32.0) -> None:
         fut = fut[np.isfinite(fut).all(axis=1)]
         if len(fut):
             ax.plot(*up(to_ego_frame(fut, ex, ey, eyaw)), ".", color=col, ms=2)
-    u, v = up(box_corners(np.array([0.0, 0.0, 0.0, 2.45, 1.06])))
+    u, v = up(box_corners(np.array([0.0, 0.0, 0.0, *np.asarray(f.ego_extent, np.float64)[:2]])))
     ax.fill(np.append(u, u[0]), np.append(v, v[0]), color="black")
     ef = f.expert_future[:, :2]
     ef = ef[np.isfinite(ef).all(axis=1)]

@@ -12,15 +12,29 @@ import pytest
 from envs.buckets import BUCKETS, bucket_tags, tag_frames
 from envs.dataset import (
     MANIFEST,
+    SCHEMA,
     SCHEMA_VERSION,
     DatasetError,
     DatasetWriter,
     FrameTorchDataset,
+    frames_to_table,
     open_dataset,
     shard_files,
 )
 from envs.scene import AgentKind, RoadOption
 from envs.segments import FUTURE_STEPS, Frame, TakeoverSegment
+
+
+def make_local_map(rng: np.random.Generator, n_lanes: int) -> dict:
+    """Random local-map fields: a route and `n_lanes` lanes of 1..5 points (CSR)."""
+    sizes = rng.integers(1, 6, n_lanes)
+    n = int(sizes.sum())
+    return {
+        "ego_extent": rng.uniform(0.5, 3.0, 2),
+        "route": rng.normal(size=(int(rng.integers(0, 12)), 2)) * 100.0,
+        "lanes": np.column_stack([rng.normal(size=(n, 2)) * 50.0, rng.uniform(1.0, 2.0, n)]),
+        "lane_start": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32),
+    }
 
 
 def make_frame(
@@ -56,6 +70,7 @@ def make_frame(
         buckets=["junction", "braking"] if tick % 2 else [],
         hazards=["vehicle"] if tick % 3 == 0 else [],
         cause="vehicle" if tick % 3 == 0 else "",
+        **make_local_map(rng, n_lanes=tick % 4),  # some frames without lanes
     )
 
 
@@ -196,6 +211,75 @@ def test_crash_mid_write_leaves_earlier_shards_readable_and_resume_appends(tmp_p
     assert len(json.loads((tmp_path / MANIFEST).read_text())["shards"]) == 4
     with pytest.raises(DatasetError, match="takeover"):
         DatasetWriter(tmp_path, kind="expert")
+
+
+def test_local_map_round_trip_and_validation(tmp_path):
+    seg = make_segment(2, n=5)
+    assert seg.frames[1].lane_start.tolist() != [0] and len(seg.frames[1].route)  # non-empty map
+    assert any(len(f.lane_start) == 1 for f in seg.frames)  # and a frame without lanes
+    with DatasetWriter(tmp_path / "ok", kind="takeover") as w:
+        w.add_segment(seg)
+    back = open_dataset(tmp_path / "ok").segments()[0]
+    assert_segments_equal(seg, back)  # exact, dtypes included (lane_start int32)
+    assert back.frames[1].lane_start.dtype == np.int32 and back.frames[1].lanes.dtype == np.float64
+    bad = make_segment(3, n=2)
+    bad.frames[1].lane_start = np.array([0, 2], np.int32)  # does not end at len(lanes)
+    with pytest.raises(ValueError, match="lane_start"):
+        frames_to_table([(bad, 0), (bad, 1)], "takeover")
+    bad.frames[1].lane_start = np.array([0], np.int32)
+    bad.frames[1].lanes = np.zeros((0, 3))
+    bad.frames[1].route = np.zeros((4, 3))
+    with pytest.raises(ValueError, match="route"):
+        frames_to_table([(bad, 0), (bad, 1)], "takeover")
+
+
+def write_version_1(root, segments: list[TakeoverSegment], kind: str = "takeover") -> None:
+    """A dataset as schema version 1 wrote it: no local-map columns, version 1 in metadata and manifest."""
+    with DatasetWriter(root, kind=kind) as w:
+        for seg in segments:
+            w.add_segment(seg)
+    for shard in shard_files(root):
+        table = pq.read_table(shard)
+        table = table.drop_columns(["ego_extent", "route", "lanes", "lane_start"])
+        meta = dict(table.schema.metadata)
+        meta[b"takeover.schema_version"] = b"1"
+        pq.write_table(table.replace_schema_metadata(meta), shard)
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["schema_version"] = 1
+    (root / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_version_1_datasets_still_read_with_map_defaults(tmp_path):
+    from takeover.data_cli import summarize_dataset
+
+    segs = [make_segment(s, n=4) for s in range(2)]
+    write_version_1(tmp_path, segs)
+    assert pq.read_schema(shard_files(tmp_path)[0]).names == [
+        n for n in SCHEMA.names if n not in ("ego_extent", "route", "lanes", "lane_start")
+    ]
+    ds = open_dataset(tmp_path)
+    assert ds.schema_version == 1 and summarize_dataset(tmp_path)["schema_version"] == 1
+    default = Frame(0, "r", "t", None, 0.0, np.zeros((2, 2), np.float32), 4)
+    for a, b in zip(segs, ds.segments(), strict=True):
+        for fa in a.frames:
+            for name in ("ego_extent", "route", "lanes", "lane_start"):
+                setattr(fa, name, getattr(default, name))
+        assert_segments_equal(a, b)  # everything else as written; the map fields get their defaults
+    f = ds.frames()[0]
+    np.testing.assert_array_equal(f.ego_extent, [2.45, 1.06])
+    assert f.route.shape == (0, 2) and f.lanes.shape == (0, 3) and f.lane_start.tolist() == [0]
+    assert ds.torch_dataset(with_images=False)[0]["ego_extent"].tolist() == pytest.approx([2.45, 1.06])
+    # new shards are never appended to a version-1 dataset, and versions do not mix
+    with pytest.raises(DatasetError, match="schema version 1"):
+        DatasetWriter(tmp_path, kind="takeover")
+    (tmp_path / MANIFEST).unlink()
+    with pytest.raises(DatasetError, match="schema version 1"):
+        DatasetWriter(tmp_path, kind="takeover")
+    with DatasetWriter(tmp_path / "v2", kind="takeover") as w:
+        w.add_segment(make_segment(5))
+    os.link(shard_files(tmp_path / "v2")[0], tmp_path / "shard-00007.parquet")
+    with pytest.raises(DatasetError, match="mixes"):
+        open_dataset(tmp_path)
 
 
 def test_unknown_schema_version_is_a_clear_error(tmp_path):

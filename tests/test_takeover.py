@@ -7,10 +7,10 @@ import textwrap
 
 import numpy as np
 import pytest
-from helpers import straight_route
+from helpers import drive, route_projection, straight_route
 
 from envs.scene import AgentKind, Agents, EgoState, Observation, Route, Scene, StopSigns, TrafficLights
-from envs.segments import FUTURE_STEPS
+from envs.segments import FUTURE_STEPS, LANE_RADIUS, LANE_SPACING, ROUTE_AHEAD, ROUTE_BEHIND, scene_frame
 from envs.takeover import TakeoverCollector, TakeoverConfig
 from envs.triggers import (
     TRIGGERS,
@@ -361,6 +361,10 @@ def test_future_boxes_nan_when_gone_and_truncation_at_episode_end(tmp_path, monk
     # The constant expert's speed waypoints (standing ego) keep its future trajectory at the ego.
     np.testing.assert_allclose(f.expert_future, np.zeros((FUTURE_STEPS, 3)), atol=1e-9)
     assert seg.frames[-1].image is None and seg.frames[-1].agent_future.shape == (0, FUTURE_STEPS, 5)
+    # A hand-made scene has no lane graph: the route ahead (ego at its start) but no lanes.
+    np.testing.assert_allclose(f.route, np.column_stack([np.arange(81.0), np.zeros(81)]))
+    assert f.lanes.shape == (0, 3) and f.lane_start.tolist() == [0]
+    np.testing.assert_array_equal(f.ego_extent, [2.45, 1.06])
 
 
 def test_restart_silent_while_waiting_at_red_light(make_env):
@@ -399,3 +403,65 @@ def test_frames_carry_camera_image_when_rendered(make_env, tmp_path, monkeypatch
     col.config.record_images = False
     (seg,) = col.run_episode(seed=0)
     assert all(f.image is None for f in seg.frames)
+
+
+def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distances from point p (2,) to the segments a[i]-b[i] ((N, 2) each)."""
+    d = b - a
+    ll = np.maximum((d * d).sum(axis=1), 1e-12)
+    t = np.clip(((p - a) * d).sum(axis=1) / ll, 0.0, 1.0)
+    return np.hypot(*(a + t[:, None] * d - p).T)
+
+
+def _polyline_distance(p: np.ndarray, pts: np.ndarray) -> float:
+    if len(pts) == 1:
+        return float(np.hypot(*(pts[0] - p)))
+    return float(_segment_distance(p, pts[:-1], pts[1:]).min())
+
+
+def test_frames_carry_the_local_map(make_env):
+    """Route ahead every metre from 10 m behind the ego, the drivable lanes around it (CSR), its size."""
+    env = make_env(traffic=EMPTY)
+    env.reset(seed=2)
+    lanes = env.lanes
+    checked = []
+
+    def check(env, reward, info) -> bool:
+        if env.scene.tick % 25:
+            return False
+        scene = env.scene
+        f = scene_frame(scene, env.observation(), "r", "t")
+        ego = f.ego[:2]
+        np.testing.assert_array_equal(f.ego_extent, [scene.ego.half_length, scene.ego.half_width])
+        # route: 1 m apart, from 10 m behind the ego's progress point (or the route's start) to 80 m ahead
+        _, s = route_projection(env.route, ego)
+        start_s = max(s - ROUTE_BEHIND, 0.0)
+        start = [np.interp(start_s, env.route.cum_length, env.route.points[:, k]) for k in range(2)]
+        assert np.hypot(*(f.route[0] - start)) < 1.0
+        np.testing.assert_allclose(np.hypot(*np.diff(f.route, axis=0).T), 1.0, atol=0.02)
+        want = min(s + ROUTE_AHEAD, env.route.length) - start_s
+        assert abs(len(f.route) - 1 - want) < 1.5
+        # lanes: CSR offsets, samples <= 2 m apart, positive half widths, every lane near the ego
+        st = f.lane_start
+        assert st.dtype == np.int32 and st[0] == 0 and st[-1] == len(f.lanes) and (np.diff(st) >= 1).all()
+        assert f.lanes.shape[1] == 3 and (f.lanes[:, 2] > 0.5).all()
+        near = 0
+        for k in range(len(st) - 1):
+            pts = f.lanes[st[k] : st[k + 1], :2]
+            assert (np.hypot(*np.diff(pts, axis=0).T) <= LANE_SPACING + 1e-6).all()
+            near += np.hypot(*(pts - ego).T).min() <= LANE_RADIUS
+        assert near == len(st) - 1
+        # the ego drives on one of them (within half the lane width, by the stored widths)
+        rows = [f.lanes[st[k] : st[k + 1]] for k in range(len(st) - 1)]
+        assert min(_polyline_distance(ego, r[:, :2]) - r[0, 2] for r in rows) <= 0.0
+        # every drivable lane of the map (junction-internal ones included) that comes within the radius is
+        # there, by count: between those within LANE_RADIUS - 1 m and LANE_RADIUS + 1 m of the ego
+        dist = np.array([_polyline_distance(ego, lanes.polyline(i)) for i in range(len(lanes))])
+        drivable = np.asarray(lanes.drivable, bool)
+        assert ((dist <= LANE_RADIUS - 1.0) & drivable).sum() <= len(st) - 1
+        assert len(st) - 1 <= ((dist <= LANE_RADIUS + 1.0) & drivable).sum()
+        checked.append(int(((dist <= LANE_RADIUS - 1.0) & drivable & np.asarray(lanes.is_internal)).sum()))
+        return False
+
+    drive(env, make_agent("lane_follow"), 400, on_step=check)
+    assert len(checked) >= 10 and max(checked) > 0  # junction-internal lanes were among them
