@@ -9,6 +9,8 @@ batch, after warm-up, median of `--repeats` batches:
 
 - `pipeline`: rollout (controller twin + bicycle) + box overlaps + the default reward (-distance -
   collision, gamma 0.9) — the number GRPO sees;
+- `scene_batch_ms`: padding the B scenes into a batch (`DreamBatch.stack`, which also computes the
+  agents' sweep bounds), done once per batch in the data path and not counted in the pipeline;
 - `rollout`, `overlaps`: the two kernels alone; `overlaps_naive`: a serial Numba loop over every agent
   at every step (no pruning), for reference;
 - `shapely_pipeline`: the same rollouts, collisions from shapely polygons (one STRtree of agent polygons
@@ -133,6 +135,10 @@ def run(scenes: int, group: int, agents: int, repeats: int, seed: int) -> dict:
     fut, ext, n_ag = batch.agent_future, batch.ego_extent, batch.n_agents
     t_naive = timed(lambda: overlaps_naive(traj, ext, fut, n_ag), repeats)
     t_shp = timed(shapely_pipeline, max(1, repeats // 3))
+    scenes_list = [dr.DreamScene(batch.ego[i], batch.ego_extent[i], batch.agent_future[i, :, 0],
+                                 batch.agent_kind[i], batch.agent_future[i], batch.expert_future[i])
+                   for i in range(scenes)]
+    t_stack = timed(lambda: dr.DreamBatch.stack(scenes_list), repeats)
     return {
         "agents": agents,
         "batch": [scenes, group, int(batch.horizon)],
@@ -142,6 +148,7 @@ def run(scenes: int, group: int, agents: int, repeats: int, seed: int) -> dict:
         "overlaps_naive_per_s": round(n / t_naive),
         "shapely_pipeline_rollouts_per_s": round(n / t_shp),
         "speedup_vs_shapely": round(t_shp / t_pipe, 1),
+        "scene_batch_ms": round(1e3 * t_stack, 3),  # DreamBatch.stack of the B scenes (data path, once)
         "overlap_share": round(float(ours.mean()), 4),
         "overlap_agreement_shapely": float((ours == exact).mean()),
         "overlap_agreement_naive": float((ours == naive).mean()),

@@ -54,7 +54,8 @@ def fill_path_with_origin(path: np.ndarray, pts: np.ndarray, cum: np.ndarray) ->
     for i in range(path.shape[0]):
         pts[i + 1, 0] = path[i, 0]
         pts[i + 1, 1] = path[i, 1]
-        cum[i + 1] = cum[i] + math.hypot(pts[i + 1, 0] - pts[i, 0], pts[i + 1, 1] - pts[i, 1])
+        dx, dy = pts[i + 1, 0] - pts[i, 0], pts[i + 1, 1] - pts[i, 1]
+        cum[i + 1] = cum[i] + math.sqrt(dx * dx + dy * dy)  # (hypot guards overflow: slower, not needed)
 
 
 @njit(cache=True)
@@ -174,7 +175,7 @@ def desired_speed_at(wps: np.ndarray, t: float) -> float:
         return 0.0
     ax, ay = _wp_position(wps, t + WAYPOINT_DT)
     bx, by = _wp_position(wps, t + 3.0 * WAYPOINT_DT)
-    return math.hypot(bx - ax, by - ay) / (2.0 * WAYPOINT_DT)
+    return math.sqrt((bx - ax) ** 2 + (by - ay) ** 2) / (2.0 * WAYPOINT_DT)
 
 
 @njit(cache=True)

@@ -211,6 +211,7 @@ def _rollout_kernel(
         for g in range(g_n):
             ctl.fill_path_with_origin(paths[b, g], pts, cum)
             end = ctl.lookahead_end(cum)
+            cand_wps = wps[b, g]
             lat[:] = 0.0
             lon[:] = 0.0
             x = y = yaw = 0.0  # in the frame's ego frame
@@ -223,7 +224,7 @@ def _rollout_kernel(
                     prog, seg = ctl.project_progress(pts, cum, x, y, seg)
                     tx, ty, hint = ctl.lookahead_target(pts, cum, prog, v, end, hint)
                     steer = ctl.lateral_pid_step(lat, ctl.heading_error_to(tx, ty, x, y, yaw))
-                    throttle, brake = ctl.longitudinal_pid_step(lon, ctl.desired_speed_at(wps[b, g], t), v)
+                    throttle, brake = ctl.longitudinal_pid_step(lon, ctl.desired_speed_at(cand_wps, t), v)
                     acc = longitudinal_accel(v, throttle, brake)
                     x, y, yaw, v = bicycle_step_scalars(x, y, yaw, v, steer, acc, sub_dt)
                     t += sub_dt

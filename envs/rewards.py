@@ -112,7 +112,8 @@ def _distance_kernel(traj: np.ndarray, expert: np.ndarray) -> np.ndarray:  # pra
             if ex != ex or ey != ey:
                 continue  # the expert's future is unknown here: no signal
             for g in range(g_n):
-                out[b, g, h] = math.hypot(traj[b, g, h, 0] - ex, traj[b, g, h, 1] - ey)
+                dx, dy = traj[b, g, h, 0] - ex, traj[b, g, h, 1] - ey
+                out[b, g, h] = math.sqrt(dx * dx + dy * dy)
     return out
 
 

@@ -218,3 +218,33 @@ def test_warm_up_compiles_once():
     dr.warm_up()
     assert dr._WARM
     dr.warm_up()  # a no-op the second time
+
+
+# ------------------------------------------------------------------------- from recorded takeovers
+def test_scenes_rebuilt_from_a_recorded_takeover_rank_the_expert_above_the_policy(make_env):
+    """Record a Follow takeover (a constant-throttle policy towards a parked car), rebuild the frames'
+    scenes and score two candidates per frame: the expert's own labels and the policy's "keep going"."""
+    from test_takeover import _blocked_route
+
+    from envs.rewards import Reward, Rollouts
+    from envs.takeover import TakeoverCollector
+    from policies.base import make_agent
+
+    env, route = _blocked_route(make_env)
+    col = TakeoverCollector(env, make_agent("constant", throttle=0.6), make_agent("lane_follow"),
+                            {"triggers": ["follow"], "max_ticks": 300})
+    seg = col.run_episode({"route": route}, seed=0)[0]
+    frames = [f for f, pre in zip(seg.frames, seg.pre_takeover, strict=True) if not pre][:30:3]
+    scenes = [dr.DreamScene.from_frame(f) for f in frames]
+    assert all(len(s.route) > 50 and s.ego_extent[0] > 2.0 for s in scenes)  # the local map came along
+    batch = dr.DreamBatch.stack(scenes)
+    keep_path, keep_wps = _straight(float(frames[0].ego[3]), b=len(frames))
+    paths = np.stack([np.stack([f.path for f in frames]), keep_path[:, 0]], axis=1)
+    wps = np.stack([np.stack([f.speed_waypoints for f in frames]), keep_wps[:, 0]], axis=1)
+    traj = dr.rollout(batch, paths, wps)
+    res = Reward()(Rollouts(batch, traj))
+    # The expert's own waypoints, driven through the controller, stay near its intended trajectory...
+    assert res.terms["distance"][:, 0].mean() < 1.0, res.terms["distance"][:, 0]
+    # ...and never reach the parked car; keeping the speed does, and scores lower.
+    assert not res.terms["collision"][:, 0].any() and res.terms["collision"][:, 1].any()
+    assert (res.returns[:, 0] >= res.returns[:, 1]).all() and (res.returns[:, 0] > res.returns[:, 1]).any()
