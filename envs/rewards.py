@@ -29,7 +29,6 @@ rewards raise `RewardError` naming the term.
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ import numpy as np
 from numba import njit
 
 from envs.dreaming import DreamBatch, DreamError, overlaps, ttc_violations
+from envs.plugins import resolve
 
 RewardTerm = Callable[..., np.ndarray]
 REWARD_TERMS: dict[str, RewardTerm] = {}
@@ -65,21 +65,10 @@ def register_reward(name: str) -> Callable[[RewardTerm], RewardTerm]:
 
 def get_term(name: str) -> RewardTerm:
     """A term by registered name or by import path `module:function`."""
-    if name in REWARD_TERMS:
-        return REWARD_TERMS[name]
-    if ":" in name:
-        module, _, attr = name.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as exc:
-            raise RewardError(f"cannot import reward term {name!r}: {exc}") from None
-        if not callable(fn):
-            raise RewardError(f"reward term {name!r} is not callable")
-        return fn
-    raise RewardError(
-        f"unknown reward term {name!r}; registered: {', '.join(sorted(REWARD_TERMS))} "
-        "(or give an import path 'module:function')"
-    )
+    fn = resolve(name, REWARD_TERMS, "reward term", RewardError)
+    if not callable(fn):
+        raise RewardError(f"reward term {name!r} is not callable")
+    return fn
 
 
 @dataclass

@@ -39,7 +39,6 @@ Built-in triggers
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -48,6 +47,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from envs.geometry import pairwise_overlap
+from envs.plugins import resolve
 
 
 @dataclass
@@ -118,18 +118,7 @@ def make_trigger(spec: str | Any, config: Any = None) -> Any:
     """A trigger from a registered name, an import path `module:Class`, or an instance (returned as is)."""
     if not isinstance(spec, str):
         return spec
-    if spec in TRIGGERS:
-        cls = TRIGGERS[spec]
-    elif ":" in spec:
-        module, _, attr = spec.partition(":")
-        try:
-            cls = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"cannot import trigger {spec!r}: {exc}") from None
-    else:
-        raise ValueError(
-            f"unknown trigger {spec!r}; registered: {', '.join(sorted(TRIGGERS))} (or 'module:Class')"
-        )
+    cls = resolve(spec, TRIGGERS, "trigger")
     trig = cls(config) if config is not None else cls()
     for attr in ("name", "reset", "update"):
         if not hasattr(trig, attr):

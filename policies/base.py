@@ -8,13 +8,13 @@ work from the `Observation` alone. Agents are found by name in `AGENTS` or by im
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from envs.plugins import resolve
 from envs.scene import Observation, Route, Scene
 
 
@@ -93,16 +93,4 @@ def make_agent(name: str, **kwargs: object) -> DrivingAgent:
     import policies.expert
     import policies.simple_agent  # noqa: F401  (registers the built-in agents)
 
-    if name in AGENTS:
-        return AGENTS[name](**kwargs)
-    if ":" in name:
-        module, _, attr = name.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"cannot import agent {name!r}: {exc}") from None
-        return factory(**kwargs)
-    raise ValueError(
-        f"unknown agent {name!r}; registered agents: {', '.join(sorted(AGENTS))} "
-        "(or give an import path 'module:Class')"
-    )
+    return resolve(name, AGENTS, "agent")(**kwargs)
