@@ -19,7 +19,8 @@ Instead of re-running the simulator, the frame's scene is rebuilt from what the 
 - `overlaps(batch, traj)`: (B, G, H) whether the ego box overlaps any agent box at the same step, with
   the separating-axis kernel the environment's collision check uses (`envs.geometry`). Agents replay
   their recorded futures. Agents that cannot reach a candidate are skipped cheaply: per scene, only
-  agents whose box sweep (bounding box over the horizon) meets the sweep of all candidates are kept; per
+  agents whose box sweep (bounding box over the horizon, computed once by `DreamBatch.stack`) meets the
+  sweep of all candidates are kept; per
   candidate, only those meeting its own sweep are tested, each with a circle pre-check before the
   separating-axis test.
 - `ttc_violations(batch, traj, horizon_s)`: (B, G, H) whether the ego, projected ahead at its current
