@@ -35,7 +35,7 @@ import shapely
 from numba import njit
 
 from envs import dreaming as dr
-from envs.geometry import _overlap_scalars, boxes_corners
+from envs.geometry import boxes_corners, overlap_scalars
 from envs.rewards import Reward, Rollouts
 
 T = 0.2 * np.arange(1, 11)
@@ -75,7 +75,7 @@ def overlaps_naive(traj, extent, fut, n_agents):  # pragma: no cover - numba
         for g in range(g_n):
             for h in range(h_n):
                 for a in range(n_agents[b]):
-                    if fut[b, a, h, 0] == fut[b, a, h, 0] and _overlap_scalars(
+                    if fut[b, a, h, 0] == fut[b, a, h, 0] and overlap_scalars(
                         traj[b, g, h, 0], traj[b, g, h, 1], traj[b, g, h, 2], extent[b, 0], extent[b, 1],
                         fut[b, a, h, 0], fut[b, a, h, 1], fut[b, a, h, 2], fut[b, a, h, 3], fut[b, a, h, 4],
                     ):

@@ -41,8 +41,8 @@ import numpy as np
 from numba import njit
 
 from envs import control as ctl
-from envs.dynamics import _wrap, bicycle_step_scalars, longitudinal_accel
-from envs.geometry import _overlap_scalars
+from envs.dynamics import bicycle_step_scalars, longitudinal_accel, wrap_yaw
+from envs.geometry import overlap_scalars
 from envs.segments import FUTURE_DT, FUTURE_STEPS
 
 HORIZON = FUTURE_STEPS  # steps (10)
@@ -231,7 +231,7 @@ def _rollout_kernel(
                     t += sub_dt
                 out[b, g, h, 0] = ex + c * x - s * y
                 out[b, g, h, 1] = ey + s * x + c * y
-                out[b, g, h, 2] = _wrap(eyaw + yaw)
+                out[b, g, h, 2] = wrap_yaw(eyaw + yaw)
                 out[b, g, h, 3] = v
     return out
 
@@ -366,7 +366,7 @@ def _overlaps_kernel(
                         reach = r_ego + radius[b, a]
                         if (bx - px) ** 2 + (by - py) ** 2 > reach * reach:
                             continue  # circles apart: no overlap (the separating-axis test would agree)
-                        if _overlap_scalars(px, py, yaw, hl, hw, bx, by, fut[b, a, hh, 2],
+                        if overlap_scalars(px, py, yaw, hl, hw, bx, by, fut[b, a, hh, 2],
                                             fut[b, a, hh, 3], fut[b, a, hh, 4]):
                             hit = True
                             break

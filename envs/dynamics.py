@@ -56,7 +56,7 @@ def _clip(v: float, lo: float, hi: float) -> float:
 
 
 @njit(cache=True)
-def _wrap(a: float) -> float:
+def wrap_yaw(a: float) -> float:
     """Angle to [-pi, pi] (a few turns at most: one bicycle step changes yaw by far less than a turn)."""
     while a > math.pi:
         a -= 2.0 * math.pi
@@ -108,7 +108,7 @@ def bicycle_step_scalars(
     return (
         x + v * (cy * cb - sy * sb) * dt,
         y + v * (sy * cb + cy * sb) * dt,
-        _wrap(yaw + v / LR * sb * dt),
+        wrap_yaw(yaw + v / LR * sb * dt),
         max(0.0, v + accel * dt),
     )
 

@@ -46,7 +46,7 @@ def boxes_corners(boxes: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True)
-def _overlap_scalars(
+def overlap_scalars(
     ax: float, ay: float, ayaw: float, al: float, aw: float,
     bx: float, by: float, byaw: float, bl: float, bw: float,
 ) -> bool:
@@ -74,14 +74,14 @@ def _overlap_scalars(
 @njit(cache=True)
 def boxes_overlap(a: np.ndarray, b: np.ndarray) -> bool:
     """True when oriented boxes a and b (5-vectors) intersect or touch (separating-axis theorem)."""
-    return _overlap_scalars(a[0], a[1], a[2], a[3], a[4], b[0], b[1], b[2], b[3], b[4])
+    return overlap_scalars(a[0], a[1], a[2], a[3], a[4], b[0], b[1], b[2], b[3], b[4])
 
 
 @njit(cache=True)
 def overlaps_any(box: np.ndarray, boxes: np.ndarray) -> int:
     """Index of the first row of `boxes` (N, 5) that overlaps `box`, or -1."""
     for i in range(boxes.shape[0]):
-        if _overlap_scalars(box[0], box[1], box[2], box[3], box[4],
+        if overlap_scalars(box[0], box[1], box[2], box[3], box[4],
                             boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3], boxes[i, 4]):
             return i
     return -1
@@ -93,7 +93,7 @@ def overlap_mask(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     n = boxes.shape[0]
     out = np.zeros(n, np.bool_)
     for i in range(n):
-        out[i] = _overlap_scalars(box[0], box[1], box[2], box[3], box[4],
+        out[i] = overlap_scalars(box[0], box[1], box[2], box[3], box[4],
                                   boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3], boxes[i, 4])
     return out
 
@@ -107,7 +107,7 @@ def overlap_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
         a = boxes_a[i]
         for j in range(m):
             b = boxes_b[j]
-            out[i, j] = _overlap_scalars(a[0], a[1], a[2], a[3], a[4], b[0], b[1], b[2], b[3], b[4])
+            out[i, j] = overlap_scalars(a[0], a[1], a[2], a[3], a[4], b[0], b[1], b[2], b[3], b[4])
     return out
 
 
@@ -118,7 +118,7 @@ def pairwise_overlap(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     out = np.zeros(n, np.bool_)
     for i in range(n):
         a, b = boxes_a[i], boxes_b[i]
-        out[i] = _overlap_scalars(a[0], a[1], a[2], a[3], a[4], b[0], b[1], b[2], b[3], b[4])
+        out[i] = overlap_scalars(a[0], a[1], a[2], a[3], a[4], b[0], b[1], b[2], b[3], b[4])
     return out
 
 

@@ -18,7 +18,6 @@ error here and therefore a positive (left) steer.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 
 import numpy as np
@@ -105,12 +104,7 @@ class LateralPID:
         k = min(self.lookahead_points(speed), n - 1)
         self.last_lookahead = k
         px, py = (0.0, 0.0) if position is None else (float(position[0]), float(position[1]))
-        dx, dy = float(path[k, 0]) - px, float(path[k, 1]) - py
-        if dx == 0.0 and dy == 0.0:
-            return 0.0
-        err = math.atan2(dy, dx) - yaw
-        err = (err + math.pi) % (2.0 * math.pi) - math.pi
-        return math.degrees(err) / 90.0
+        return twin.heading_error_to(float(path[k, 0]), float(path[k, 1]), px, py, float(yaw))
 
     def step(
         self, path: np.ndarray, speed: float, position: np.ndarray | None = None, yaw: float = 0.0
