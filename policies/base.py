@@ -89,8 +89,14 @@ def register_agent(name: str) -> Callable[[Callable[..., DrivingAgent]], Callabl
 
 
 def make_agent(name: str, **kwargs: object) -> DrivingAgent:
-    """Build an agent by registered name or `module:attribute` import path."""
+    """Build an agent by registered name, `checkpoint:PATH` (a learned policy's checkpoint folder) or
+    `module:attribute` import path."""
     import policies.expert
     import policies.simple_agent  # noqa: F401  (registers the built-in agents)
+
+    if name.startswith("checkpoint:"):
+        from policies.learned_agent import make_checkpoint_agent
+
+        return make_checkpoint_agent(name, **kwargs)
 
     return resolve(name, AGENTS, "agent")(**kwargs)

@@ -78,6 +78,37 @@ def drive(
 
 
 @app.command()
+def pretrain(
+    data: list[Path] = typer.Option(..., "--data", help="Dataset folder (repeatable)."),
+    config: Path | None = typer.Option(
+        None, "--config", help="Pre-training YAML (policy + train sections); default: tiny VLA."
+    ),
+    out: Path = typer.Option(Path("runs/pretrain"), "--out", help="Run folder (checkpoints, logs, figure)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue --out's run from its newest checkpoint."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Override train.epochs."),
+    max_minutes: float | None = typer.Option(None, "--max-minutes", help="Override train.max_minutes."),
+) -> None:
+    """Imitation pre-training of the VLA or the compact planner on expert data."""
+    from envs.dataset import DatasetError
+    from learner.data import DataError
+    from learner.pretrain import PretrainConfig, PretrainError
+    from learner.pretrain import pretrain as run_pretrain
+    from policies.checkpoint import CheckpointError
+
+    try:
+        cfg = PretrainConfig.load(config)
+        if epochs is not None:
+            cfg.train.epochs = epochs
+        if max_minutes is not None:
+            cfg.train.max_minutes = max_minutes
+        run = run_pretrain([str(d) for d in data], cfg, out, resume=resume)
+    except (PretrainError, DataError, DatasetError, CheckpointError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(f"checkpoints in {run}/checkpoints (latest: {(run / 'checkpoints' / 'latest').read_text()}); "
+               f"curve: {run}/training_curve.png")
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Output folder."),
     num_routes: int = typer.Option(2, "--num-routes"),

@@ -1,0 +1,199 @@
+"""Training samples for imitation pre-training and SFT: frames in memory, bucket-weighted sampling,
+Action Dreaming samples mixed in, batches in the policies' format.
+
+`FrameBank.load(dirs)` reads datasets (expert and takeover data alike) into memory once: decoded images
+(uint8) and the frames' labels and scene snapshots. `bucket_weights` gives each SimLingo bucket
+(`envs.buckets.BUCKETS`, plus "none" for untagged frames) the same share of the samples unless told
+otherwise, spread evenly over its frames. `BatchBuilder` turns frame indices into a batch dict:
+
+    image (B, 3, H, W) uint8, speed (B,), target_points (B, 2, 2), command (B,), path (B, 20, 2),
+    speed_waypoints (B, 10, 2), has_path / has_speed_waypoints (B,) bool, action_weight (B,) float
+    (1 - m: 0 on pre-takeover frames, which supervise language only), language / instruction / mode
+    (lists of str), dreamed (B,) bool
+
+With probability `dream_share` a sample is replaced by an Action Dreaming one (SimLingo): an alternative
+future of the frame (`envs.action_dreaming`) with an instruction in the prompt; in "instruction_following"
+mode the answer accepts and the target is the dreamed future, in "safety" mode an unsafe or not allowed
+instruction is refused (naming why) and the target stays the expert's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from envs.buckets import BUCKETS
+from envs.dataset import open_dataset
+from envs.segments import Frame
+from policies.prompts import FOLLOW_ANSWER, INSTRUCTIONS, REFUSE_ANSWER, REFUSE_REASONS
+
+NO_BUCKET = "none"
+_OBJECT_WORD = {
+    "vehicle": "vehicle", "pedestrian": "pedestrian", "bicycle": "bicycle", "static": "obstacle",
+    "emergency": "emergency vehicle", "parked_vehicle": "parked vehicle", "cone": "cone",
+}  # fmt: skip
+
+
+class DataError(ValueError):
+    pass
+
+
+@dataclass
+class FrameBank:
+    """Frames of one or more datasets, in memory."""
+
+    frames: list[Frame]
+    pre_takeover: np.ndarray  # (N,) bool
+    images: np.ndarray  # (N, 3, H, W) uint8
+    sources: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @staticmethod
+    def load(dirs: Sequence[str | Path], progress: bool = True) -> FrameBank:
+        frames: list[Frame] = []
+        pre: list[bool] = []
+        for d in dirs:
+            ds = open_dataset(d)
+            bar = tqdm(total=len(ds), desc=f"loading {Path(d).name}", unit="frame", disable=not progress)
+            for rec in ds.iter_records():
+                if rec.frame.image is None:
+                    raise DataError(f"{d}: frame {rec.frame.tick} of route {rec.frame.route_id} has no image")
+                frames.append(rec.frame)
+                pre.append(bool(rec.pre_takeover))
+                bar.update(1)
+            bar.close()
+        if not frames:
+            raise DataError(f"no frames in {', '.join(map(str, dirs))}")
+        shapes = {f.image.shape for f in frames}
+        if len(shapes) != 1:
+            raise DataError(f"datasets mix image sizes {sorted(shapes)}; collect them with one camera")
+        images = np.stack([f.image.transpose(2, 0, 1) for f in frames])
+        for f in frames:
+            f.image = None  # the bank keeps one copy
+        return FrameBank(frames, np.asarray(pre, bool), images, [str(d) for d in dirs])
+
+    def languages(self) -> list[str]:
+        return [f.language for f in self.frames if f.language]
+
+    def trajectories(self) -> np.ndarray:
+        """(M, 60) expert path + speed waypoints of the frames that have both (planner anchors)."""
+        rows = [
+            np.concatenate([f.path.reshape(-1), f.speed_waypoints.reshape(-1)])
+            for f in self.frames
+            if f.path is not None and f.speed_waypoints is not None
+        ]
+        return np.asarray(rows, np.float32).reshape(-1, 60)
+
+
+def bucket_weights(frames: Sequence[Frame], weights: dict[str, float] | None = None) -> np.ndarray:
+    """Per-frame sampling probabilities: each bucket's share (default equal) spread evenly over its
+    frames; a frame in several buckets collects from each. Buckets without frames give their share to
+    the others."""
+    weights = dict(weights or {})
+    unknown = sorted(set(weights) - set(BUCKETS) - {NO_BUCKET})
+    if unknown:
+        raise DataError(
+            f"unknown buckets in bucket_weights: {', '.join(unknown)}; known: {', '.join(BUCKETS)}"
+        )
+    names = [*BUCKETS, NO_BUCKET]
+    member = np.zeros((len(frames), len(names)), bool)
+    for i, f in enumerate(frames):
+        tags = [b for b in f.buckets if b in BUCKETS]
+        for b in tags:
+            member[i, names.index(b)] = True
+        if not tags:
+            member[i, -1] = True
+    counts = member.sum(0)
+    share = np.array([float(weights.get(b, 1.0)) for b in names]) * (counts > 0)
+    if share.sum() <= 0:
+        raise DataError("bucket weights leave no frame with a positive probability")
+    per_frame = (member * (share / np.maximum(counts, 1))).sum(1)
+    return per_frame / per_frame.sum()
+
+
+class BatchBuilder:
+    """Frame indices -> a batch dict (see the module docstring); Action Dreaming samples mixed in."""
+
+    def __init__(self, bank: FrameBank, dream_share: float = 0.0, seed: int = 0) -> None:
+        if not 0.0 <= dream_share <= 1.0:
+            raise DataError(f"dream_share must be in [0, 1], got {dream_share}")
+        self.bank = bank
+        self.dream_share = dream_share
+        self.rng = np.random.default_rng(seed)
+        self._dreams: dict[int, list] = {}
+
+    def _dream(self, i: int) -> dict | None:
+        from envs.action_dreaming import dream_actions
+
+        f = self.bank.frames[i]
+        if f.path is None or f.speed_waypoints is None:
+            return None
+        if i not in self._dreams:
+            self._dreams[i] = dream_actions(f, np.random.default_rng(i))
+        options = self._dreams[i]
+        if not options:
+            return None
+        d = options[int(self.rng.integers(len(options)))]
+        obj = _OBJECT_WORD.get(d.collision_kind or "vehicle", "vehicle")
+        instruction = INSTRUCTIONS[d.kind].format(obj=obj)
+        mode = "safety" if self.rng.random() < 0.5 else "instruction_following"
+        if mode == "safety" and not (d.allowed and d.safe):
+            reason = d.reason or ("collision" if not d.safe else "not_allowed")
+            why = REFUSE_REASONS.get(reason, REFUSE_REASONS["not_allowed"]).format(obj=obj)
+            return {"instruction": instruction, "mode": mode, "language": REFUSE_ANSWER.format(why=why),
+                    "path": f.path, "speed_waypoints": f.speed_waypoints}  # fmt: skip
+        return {"instruction": instruction, "mode": mode, "language": FOLLOW_ANSWER,
+                "path": d.path, "speed_waypoints": d.speed_waypoints}  # fmt: skip
+
+    def build(self, indices: Sequence[int]) -> dict:
+        idx = np.asarray(indices, int)
+        frames = [self.bank.frames[i] for i in idx]
+        n = len(frames)
+        path = np.zeros((n, 20, 2), np.float32)
+        speed_wps = np.zeros((n, 10, 2), np.float32)
+        has_path = np.zeros(n, bool)
+        has_speed = np.zeros(n, bool)
+        language, instruction, mode = [], [], []
+        dreamed = np.zeros(n, bool)
+        for k, (i, f) in enumerate(zip(idx, frames, strict=True)):
+            d = self._dream(int(i)) if self.dream_share and self.rng.random() < self.dream_share else None
+            if d is not None:
+                dreamed[k] = True
+                f_path, f_speed = d["path"], d["speed_waypoints"]
+                language.append(d["language"])
+                instruction.append(d["instruction"])
+                mode.append(d["mode"])
+            else:
+                f_path, f_speed = f.path, f.speed_waypoints
+                language.append(f.language)
+                instruction.append("")
+                mode.append("")
+            if f_path is not None:
+                path[k], has_path[k] = f_path, True
+            if f_speed is not None:
+                speed_wps[k], has_speed[k] = f_speed, True
+        pre = self.bank.pre_takeover[idx]
+        return {
+            "image": torch.from_numpy(self.bank.images[idx]),
+            "speed": torch.tensor([f.speed for f in frames], dtype=torch.float32),
+            "target_points": torch.from_numpy(
+                np.stack([np.asarray(f.target_points, np.float32) for f in frames])
+            ),
+            "command": torch.tensor([f.command for f in frames], dtype=torch.long),
+            "path": torch.from_numpy(path),
+            "speed_waypoints": torch.from_numpy(speed_wps),
+            "has_path": torch.from_numpy(has_path),
+            "has_speed_waypoints": torch.from_numpy(has_speed),
+            "action_weight": torch.from_numpy((~pre | dreamed).astype(np.float32)),
+            "language": language,
+            "instruction": instruction,
+            "mode": mode,
+            "dreamed": torch.from_numpy(dreamed),
+        }

@@ -1,0 +1,305 @@
+"""Imitation pre-training of a policy (the VLA or the compact planner) on expert data.
+
+One process on a CPU (or one GPU): bucket-weighted sampling with Action Dreaming samples mixed in
+(`learner.data`), the policy's own loss (`training_loss`: language cross-entropy + smooth-L1 on
+waypoints for the VLA), AdamW with linear warm-up and a cosine schedule, TensorBoard logs and a
+`metrics.jsonl`, a checkpoint at the end of every epoch, resume after an interruption, a progress bar,
+and the training curve as a figure.
+
+Run folder layout:
+    config.yaml               the resolved configuration
+    checkpoints/epoch_NNN/    policy checkpoints (`policies.checkpoint`), `latest` names the newest
+    train_state.pt            optimiser, schedule, epoch, step and RNG state of the newest checkpoint
+    metrics.jsonl             one line per logged step
+    tensorboard/              TensorBoard event files
+    training_curve.png        losses and learning rate over steps
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from learner.data import BatchBuilder, FrameBank, bucket_weights
+from policies.checkpoint import load_policy
+
+STATE_FILE = "train_state.pt"
+
+
+class PretrainError(ValueError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 4
+    samples_per_epoch: int = 0  # 0: the number of frames
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0
+    dream_share: float = 0.2  # share of samples replaced by Action Dreaming samples
+    bucket_weights: dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+    log_every: int = 10
+    threads: int = 0  # torch threads (0: leave torch's default)
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this much training time; 0: no limit
+
+
+@dataclass
+class PretrainConfig:
+    policy: dict[str, Any] = field(default_factory=lambda: {"architecture": "vla", "preset": "tiny"})
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> PretrainConfig:
+        unknown = sorted(set(d) - {"policy", "train"})
+        if unknown:
+            raise PretrainError(f"unknown pre-training config keys: {', '.join(unknown)}")
+        train = d.get("train") or {}
+        names = {f.name for f in fields(TrainConfig)}
+        bad = sorted(set(train) - names)
+        if bad:
+            raise PretrainError(
+                f"unknown keys under 'train': {', '.join(bad)}; known: {', '.join(sorted(names))}"
+            )
+        policy = d.get("policy") or {"architecture": "vla", "preset": "tiny"}
+        if policy.get("architecture") not in ("vla", "planner"):
+            raise PretrainError(
+                f"policy.architecture must be 'vla' or 'planner', got {policy.get('architecture')!r}"
+            )
+        return PretrainConfig(policy=dict(policy), train=TrainConfig(**train))
+
+    @staticmethod
+    def load(path: str | Path | None) -> PretrainConfig:
+        if path is None:
+            return PretrainConfig()
+        p = Path(path)
+        if not p.is_file():
+            raise PretrainError(f"config file {p} does not exist")
+        try:
+            doc = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise PretrainError(f"{p} is not valid YAML: {e}") from e
+        if not isinstance(doc, dict):
+            raise PretrainError(f"{p} must hold a mapping with 'policy' and 'train'")
+        return PretrainConfig.from_dict(doc)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"policy": self.policy, "train": asdict(self.train)}
+
+
+def build_policy(spec: dict[str, Any], bank: FrameBank) -> torch.nn.Module:
+    """A fresh policy from the config's `policy` section (tokenizer / anchors fitted to the data)."""
+    arch = spec["architecture"]
+    if arch == "vla":
+        from policies.tokenizer import load_tokenizer, train_label_tokenizer
+        from policies.vla import VLA
+        from policies.vla_config import VLAConfig, preset
+
+        cfg = preset(spec.get("preset", "tiny"))
+        if "config" in spec:
+            merged = cfg.to_dict()
+            for key, value in spec["config"].items():
+                if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                    merged[key] = {**merged[key], **value}
+                else:
+                    merged[key] = value
+            cfg = VLAConfig.from_dict(merged)
+        tok = load_tokenizer(cfg.llm.path) if cfg.llm.path else train_label_tokenizer(bank.languages())
+        return VLA(cfg, tokenizer=tok)
+    from policies.planner import CompactPlanner, PlannerConfig
+
+    model = CompactPlanner(PlannerConfig.from_dict(spec.get("config", {})))
+    trajs = bank.trajectories()
+    if len(trajs):
+        model.set_anchors(torch.from_numpy(trajs))
+    return model
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up, then cosine decay to `min_ratio`."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    pointer = run / "checkpoints" / "latest"
+    if not pointer.is_file():
+        return None
+    path = run / "checkpoints" / pointer.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def _save_epoch(
+    run: Path, name: str, model: Any, opt: torch.optim.Optimizer, sched: Any, state: dict
+) -> Path:
+    ckpt = run / "checkpoints" / name
+    model.save(ckpt, meta={"epoch": state["epoch"], "step": state["step"]})
+    tmp = run / (STATE_FILE + ".tmp")
+    torch.save(
+        {**state, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "checkpoint": name}, tmp
+    )
+    tmp.replace(run / STATE_FILE)
+    pointer = run / "checkpoints" / "latest"
+    pointer.with_suffix(".tmp").write_text(name)
+    pointer.with_suffix(".tmp").replace(pointer)
+    return ckpt
+
+
+def plot_curve(run: Path) -> Path | None:
+    """training_curve.png from metrics.jsonl: loss parts (smoothed) and the learning rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows:
+        return None
+    steps = np.array([r["step"] for r in rows])
+    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=[3, 1])
+    for key in ("loss", "language", "path", "speed", "classification", "offset"):
+        if key in rows[0]:
+            v = np.array([r[key] for r in rows], float)
+            ax.plot(steps, v, alpha=0.25)
+            k = max(len(v) // 30, 1)
+            smooth = np.convolve(v, np.ones(k) / k, mode="valid")
+            ax.plot(steps[k - 1 :], smooth, label=key, color=ax.lines[-1].get_color())
+    ax.set_yscale("log")
+    ax.set_ylabel("training loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    epochs = sorted({r["epoch"] for r in rows})
+    for e in epochs[1:]:
+        first = next(r["step"] for r in rows if r["epoch"] == e)
+        ax.axvline(first, color="grey", lw=0.5, ls="--")
+    ax_lr.plot(steps, [r["lr"] for r in rows], color="k")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("step")
+    minutes = rows[-1].get("minutes")
+    title = f"pre-training: {run.name}" + (f" ({minutes:.1f} min)" if minutes else "")
+    ax.set_title(title)
+    fig.tight_layout()
+    out = run / "training_curve.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, resume: bool = False,
+             progress: bool = True) -> Path:  # fmt: skip
+    """Train and return the run folder. With `resume`, continue from the run's newest checkpoint."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = Path(out)
+    tc = config.train
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    previous = latest_checkpoint(run) if resume else None
+    if resume and previous is None and (run / STATE_FILE).exists():
+        raise PretrainError(f"{run}: train state without a checkpoint; cannot resume")
+    if not resume and latest_checkpoint(run) is not None:
+        raise PretrainError(f"{run} already holds a training run; pass --resume or another --out")
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+    bank = FrameBank.load(data, progress=progress)
+    probs = bucket_weights(bank.frames, tc.bucket_weights)
+    torch.manual_seed(tc.seed)
+    model = load_policy(previous) if previous is not None else build_policy(config.policy, bank)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=tc.lr,
+    )
+    per_epoch = max((tc.samples_per_epoch or len(bank)) // tc.batch_size, 1)
+    total = per_epoch * tc.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, total, tc.warmup_steps, tc.min_lr_ratio)
+    )
+    state = {"epoch": 0, "step": 0, "minutes": 0.0}
+    if previous is not None:
+        saved = torch.load(run / STATE_FILE, weights_only=False)
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        state = {k: saved[k] for k in state}
+        print(f"resuming from {previous.name} (epoch {state['epoch']}, step {state['step']})")
+    builder = BatchBuilder(bank, tc.dream_share, seed=tc.seed + state["epoch"])
+    writer = SummaryWriter(str(run / "tensorboard"), purge_step=state["step"] or None)
+    metrics = (run / "metrics.jsonl").open("a")
+    n_params = sum(p.numel() for p in params)
+    print(
+        f"{len(bank)} frames, {n_params / 1e6:.2f} M trainable parameters, "
+        f"{per_epoch} steps x {tc.epochs} epochs"
+    )
+    stop = False
+    t_start = time.perf_counter() - state["minutes"] * 60
+    try:
+        for epoch in range(state["epoch"], tc.epochs):
+            rng = np.random.default_rng([tc.seed, epoch])
+            order = rng.choice(len(bank), size=per_epoch * tc.batch_size, p=probs)
+            bar = tqdm(
+                range(per_epoch), desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not progress, unit="step"
+            )
+            for b in bar:
+                batch = builder.build(order[b * tc.batch_size : (b + 1) * tc.batch_size])
+                losses = model.training_loss(batch)
+                opt.zero_grad(set_to_none=True)
+                losses["loss"].backward()
+                if tc.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+                opt.step()
+                sched.step()
+                state["step"] += 1
+                state["minutes"] = (time.perf_counter() - t_start) / 60
+                if state["step"] % tc.log_every == 0 or b == per_epoch - 1:
+                    row = {k: float(v.detach()) for k, v in losses.items()}
+                    row.update(
+                        step=state["step"],
+                        epoch=epoch + 1,
+                        lr=sched.get_last_lr()[0],
+                        minutes=state["minutes"],
+                    )
+                    metrics.write(json.dumps(row) + "\n")
+                    metrics.flush()
+                    for k, v in row.items():
+                        if k not in ("step", "epoch"):
+                            writer.add_scalar(f"pretrain/{k}", v, state["step"])
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.1e}")
+                if tc.max_minutes and state["minutes"] >= tc.max_minutes:
+                    stop = True
+                    break
+            state["epoch"] = epoch + 1 if not stop else epoch
+            name = f"epoch_{epoch + 1:03d}" if not stop else f"epoch_{epoch + 1:03d}_partial"
+            _save_epoch(run, name, model, opt, sched, state)
+            if stop:
+                print(
+                    f"stopped after {state['minutes']:.1f} min (max_minutes); "
+                    f"resume continues epoch {epoch + 1}"
+                )
+                break
+    finally:
+        metrics.close()
+        writer.close()
+        plot_curve(run)
+    return run

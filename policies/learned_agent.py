@@ -1,0 +1,63 @@
+"""A driving agent around a learned policy checkpoint: `takeover drive --agent checkpoint:PATH`.
+
+Each tick the policy sees only the `Observation` (camera image, speed, target points, command),
+predicts the path and speed waypoints (and, for the VLA, commentary), and SimLingo's
+`WaypointController` turns them into throttle, brake and steer. The creep rule is off unless asked
+for (`creep=True`) and is reported in the output's info when on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from envs.scene import Observation, Route, Scene
+from policies.base import AgentOutput
+from policies.checkpoint import CheckpointError, load_policy
+from policies.controller import WaypointController
+
+PREFIX = "checkpoint:"
+
+
+class CheckpointAgent:
+    privileged = False
+
+    def __init__(self, path: str | Path, creep: bool = False, threads: int = 0) -> None:
+        self.path = Path(path)
+        if threads:
+            torch.set_num_threads(threads)
+        self.policy = load_policy(self.path)
+        if hasattr(self.policy, "merge_for_inference"):
+            self.policy.merge_for_inference()
+        self.policy.eval()
+        self.name = f"{PREFIX}{self.path}"
+        self.controller = WaypointController(creep=creep)
+
+    def reset(self, route: Route) -> None:
+        self.controller.reset()
+
+    @torch.no_grad()
+    def act(self, obs: Observation, scene: Scene | None) -> AgentOutput:
+        if obs.image is None:
+            raise CheckpointError("the learned policy needs the camera image; enable the camera")
+        batch = {
+            "image": torch.from_numpy(np.ascontiguousarray(obs.image.transpose(2, 0, 1)))[None],
+            "speed": torch.tensor([float(obs.speed)], dtype=torch.float32),
+            "target_points": torch.from_numpy(np.asarray(obs.target_points, np.float32))[None],
+            "command": torch.tensor([int(obs.command)], dtype=torch.long),
+        }
+        out = self.policy.predict(batch)
+        path = out["path"][0].cpu().numpy().astype(np.float64)
+        speed_wps = out["speed_waypoints"][0].cpu().numpy().astype(np.float64)
+        control = self.controller.step(path, speed_wps, obs.speed)
+        info = {"desired_speed": self.controller.last_desired_speed}
+        if self.controller.creep:
+            info["creep"] = self.controller.force_move > 0
+        language = out.get("language", [""])[0] if out.get("language") else ""
+        return AgentOutput(control, language=language, path=path, speed_waypoints=speed_wps, info=info)
+
+
+def make_checkpoint_agent(spec: str, **kwargs: object) -> CheckpointAgent:
+    return CheckpointAgent(spec[len(PREFIX) :], **kwargs)  # type: ignore[arg-type]

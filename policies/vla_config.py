@@ -1,0 +1,121 @@
+"""Configuration of the SimLingo-style VLA, with named size presets.
+
+- `tiny` (default): a few MB, trains on a CPU (tests, the demo, the CPU pre-training run): a small
+  transformers ResNet as vision encoder, a 2-layer Qwen2-architecture LLM built from a config, a
+  tokenizer trained on the label vocabulary. With no pretrained weights LoRA has nothing to adapt, so
+  `lora.train_base` is on: pre-training trains the LLM fully and post-training trains the adapters.
+- `qwen2-0.5b`: SimLingo's sizes, an InternViT-300M-sized ViT and a Qwen2-0.5B-sized LLM with LoRA
+  r 32 / alpha 64 on all linear layers. Built from the config (random weights) unless `llm.path` /
+  `vision.path` name local folders with pretrained weights (and the LLM's tokenizer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class VisionConfig:
+    type: str = "resnet"  # "resnet" | "vit" (transformers models built from this config) | "pretrained"
+    path: str | None = None  # local folder of a pretrained vision model (type "pretrained")
+    image_size: tuple[int, int] = (128, 256)  # (H, W) the camera image is resized to
+    token_grid: tuple[int, int] = (4, 8)  # image features are pooled to rows x cols tokens
+    # resnet
+    embedding_size: int = 16
+    hidden_sizes: tuple[int, ...] = (16, 32, 64, 128)
+    depths: tuple[int, ...] = (1, 1, 1, 1)
+    # vit
+    hidden_size: int = 1024
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    intermediate_size: int = 4096
+    patch_size: int = 14
+
+
+@dataclass
+class LLMConfig:
+    path: str | None = None  # local folder of a pretrained Qwen2-architecture model (+ its tokenizer)
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 512
+    vocab_size: int = 0  # 0: the tokenizer's size
+
+
+@dataclass
+class LoraSettings:
+    r: int = 32
+    alpha: int = 64
+    dropout: float = 0.0
+    target_modules: str | tuple[str, ...] = "all-linear"
+    train_base: bool = False  # also train the LLM's base weights (models without pretrained weights)
+
+
+@dataclass
+class VLAConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    path_points: int = 20  # path queries, 1 m apart
+    speed_points: int = 10  # speed-waypoint queries, 0.25 s apart
+    head_hidden: int = 256
+    max_answer_tokens: int = 40
+    dtype: str = "float32"  # "float32" | "bfloat16"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> VLAConfig:
+        parts = {"vision": VisionConfig, "llm": LLMConfig, "lora": LoraSettings}
+        known = {f.name for f in fields(VLAConfig)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown VLA config keys: {', '.join(unknown)}")
+        kwargs: dict[str, Any] = {}
+        for key, value in d.items():
+            if key in parts:
+                cls = parts[key]
+                names = {f.name for f in fields(cls)}
+                bad = sorted(set(value) - names)
+                if bad:
+                    raise ConfigError(f"unknown VLA config keys under {key!r}: {', '.join(bad)}")
+                value = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+                kwargs[key] = cls(**value)
+            else:
+                kwargs[key] = value
+        return VLAConfig(**kwargs)
+
+
+def tiny_config() -> VLAConfig:
+    return VLAConfig(lora=LoraSettings(r=8, alpha=16, train_base=True), head_hidden=128)
+
+
+def qwen2_05b_config(llm_path: str | None = None, vision_path: str | None = None) -> VLAConfig:
+    """SimLingo's sizes: InternViT-300M-sized ViT (448 px, patch 14, pooled to 16 x 16 tokens) and
+    Qwen2-0.5B (hidden 896, 24 layers, 14 heads, 2 KV heads, MLP 4864, vocabulary 151,936)."""
+    vision = VisionConfig(
+        type="pretrained" if vision_path else "vit", path=vision_path, image_size=(448, 448),
+        token_grid=(16, 16),
+    )  # fmt: skip
+    llm = LLMConfig(
+        path=llm_path, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+        num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, vocab_size=151936,
+    )  # fmt: skip
+    return VLAConfig(vision=vision, llm=llm, lora=LoraSettings(r=32, alpha=64), head_hidden=1024)
+
+
+PRESETS = {"tiny": tiny_config, "qwen2-0.5b": qwen2_05b_config}
+
+
+def preset(name: str) -> VLAConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown VLA preset {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[name]()

@@ -1,0 +1,152 @@
+"""Imitation pre-training: sampling, Action Dreaming in the mix, checkpoints, resume, logs, the CLI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from envs.dataset import DatasetWriter
+from envs.scene import RoadOption
+from envs.segments import FUTURE_STEPS, Frame, TakeoverSegment
+from learner.data import BatchBuilder, DataError, FrameBank, bucket_weights
+from learner.pretrain import PretrainConfig, PretrainError, lr_factor, pretrain
+from policies.checkpoint import load_policy
+from takeover.cli import app
+
+SMALL_VLA = {
+    "architecture": "vla",
+    "preset": "tiny",
+    "config": {
+        "vision": {"image_size": [32, 64], "token_grid": [2, 4], "embedding_size": 8, "hidden_sizes": [8, 16],
+                   "depths": [1, 1]},
+        "llm": {"hidden_size": 32, "intermediate_size": 64},
+        "head_hidden": 32,
+    },
+}  # fmt: skip
+
+
+def straight_frame(i: int, turn: float, speed: float = 5.0) -> Frame:
+    """A frame on a straight two-lane road (lanes and route in the world frame = ego frame)."""
+    x = np.arange(0.0, 60.0, 1.0)
+    lanes = np.concatenate([np.column_stack([x, np.zeros_like(x), np.full_like(x, 1.75)]),
+                            np.column_stack([x, np.full_like(x, 3.5), np.full_like(x, 1.75)])])  # fmt: skip
+    img = np.zeros((32, 64, 3), np.uint8)
+    if turn > 0:  # the bright half says which way the path bends
+        img[:, :32] = 200
+    else:
+        img[:, 32:] = 200
+    s = np.arange(1, 21, dtype=float)
+    path = np.column_stack([s, turn * (s / 20.0) ** 2])
+    t = 0.25 * np.arange(1, 11)
+    return Frame(
+        tick=i * 4, route_id="r1", town="grid", image=img, speed=speed,
+        target_points=np.array([[10.0, turn], [30.0, turn]], np.float32), command=int(RoadOption.LANEFOLLOW),
+        language="Follow the route. Maintain speed." if turn == 0 else "Follow the route. Turn left.",
+        path=path, speed_waypoints=np.column_stack([speed * t, np.zeros_like(t)]), target_speed=speed,
+        ego=np.array([0.0, 0.0, 0.0, speed]), expert_future=np.column_stack(
+            [speed * 0.2 * np.arange(1, FUTURE_STEPS + 1), np.zeros(FUTURE_STEPS), np.zeros(FUTURE_STEPS)]),
+        buckets=["lateral_control"] if turn else [], route=np.column_stack([x, np.zeros_like(x)]),
+        lanes=lanes, lane_start=np.array([0, len(x), 2 * len(x)], np.int32),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("expert")
+    with DatasetWriter(root, kind="expert", shard_frames=16) as w:
+        for r in range(3):
+            frames = [straight_frame(i, turn=[0.0, 2.0][i % 2]) for i in range(20)]
+            w.add_segment(TakeoverSegment(f"r{r}", "expert", 0, f"r{r}", "grid", frames, np.zeros(20, bool)))
+    return root
+
+
+def test_bucket_weights_give_each_bucket_an_equal_share():
+    frames = [straight_frame(i, 2.0 if i < 2 else 0.0) for i in range(10)]  # 2 tagged, 8 untagged
+    p = bucket_weights(frames)
+    assert p.sum() == pytest.approx(1.0)
+    assert p[:2].sum() == pytest.approx(0.5) and p[2:].sum() == pytest.approx(0.5)
+    p = bucket_weights(frames, {"lateral_control": 3.0})
+    assert p[:2].sum() == pytest.approx(0.75)
+    with pytest.raises(DataError, match="unknown buckets"):
+        bucket_weights(frames, {"wobble": 1.0})
+
+
+def test_batches_carry_masks_and_action_dreaming_samples(dataset):
+    bank = FrameBank.load([dataset], progress=False)
+    assert len(bank) == 60 and bank.images.shape == (60, 3, 32, 64)
+    builder = BatchBuilder(bank, dream_share=1.0, seed=0)
+    batch = builder.build(range(16))
+    assert batch["dreamed"].any()
+    for k in np.flatnonzero(batch["dreamed"].numpy()):
+        assert batch["instruction"][k] and batch["mode"][k] in ("safety", "instruction_following")
+        assert batch["language"][k].startswith(("Following the instruction", "Not following"))
+    plain = BatchBuilder(bank, dream_share=0.0).build([0, 1])
+    assert plain["instruction"] == ["", ""] and plain["has_path"].all()
+    torch.testing.assert_close(plain["path"][1], torch.from_numpy(bank.frames[1].path).float())
+
+
+def test_pretrain_writes_checkpoints_logs_and_resumes(dataset, tmp_path):
+    cfg = PretrainConfig.from_dict({
+        "policy": SMALL_VLA,
+        "train": {"epochs": 1, "samples_per_epoch": 64, "batch_size": 8, "log_every": 2, "warmup_steps": 2,
+                  "dream_share": 0.25, "lr": 3e-3},
+    })  # fmt: skip
+    run = pretrain([dataset], cfg, tmp_path / "run", progress=False)
+    assert (run / "checkpoints" / "latest").read_text() == "epoch_001"
+    assert (run / "training_curve.png").stat().st_size > 10_000
+    assert any((run / "tensorboard").iterdir())
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 8 and {"loss", "language", "path", "speed", "lr"} <= set(rows[0])
+    with pytest.raises(PretrainError, match="already holds a training run"):
+        pretrain([dataset], cfg, run, progress=False)
+    first = load_policy(run / "checkpoints" / "epoch_001")
+    # resume: a second epoch continues the step count and the schedule from the saved state
+    cfg.train.epochs = 2
+    pretrain([dataset], cfg, run, resume=True, progress=False)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 16 and rows[-1]["epoch"] == 2
+    second = load_policy(run / "checkpoints" / "epoch_002")
+    assert not torch.equal(first.queries, second.queries)
+    assert (run / "checkpoints" / "latest").read_text() == "epoch_002"
+
+
+def test_pretrain_trains_the_compact_planner_too(dataset, tmp_path):
+    cfg = PretrainConfig.from_dict({
+        "policy": {
+            "architecture": "planner",
+            "config": {"image_size": [32, 64], "channels": [8, 16], "n_modes": 4},
+        },
+        "train": {"epochs": 1, "samples_per_epoch": 32, "batch_size": 8, "warmup_steps": 1},
+    })  # fmt: skip
+    run = pretrain([dataset], cfg, tmp_path / "planner", progress=False)
+    model = load_policy(run / "checkpoints" / "epoch_001")
+    assert model.architecture == "planner"
+    # anchors were fitted to the data's trajectories (k-means), not left at the defaults
+    assert model.anchors[:, 1:40:2].abs().max() > 0.5
+
+
+def test_lr_schedule_warms_up_then_decays():
+    f = [lr_factor(s, 100, 10, 0.1) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(f[10:])) and f[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_bad_configs_and_data_are_clear_errors(tmp_path, dataset):
+    with pytest.raises(PretrainError, match=r"unknown keys under 'train': epoch"):
+        PretrainConfig.from_dict({"train": {"epoch": 3}})
+    with pytest.raises(PretrainError, match=r"policy\.architecture"):
+        PretrainConfig.from_dict({"policy": {"architecture": "diffusion"}})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(PretrainError, match="not valid YAML"):
+        PretrainConfig.load(bad)
+    runner = CliRunner()
+    res = runner.invoke(app, ["pretrain", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "nothing" in res.output
+    res = runner.invoke(app, ["pretrain", "--data", str(dataset), "--config", str(tmp_path / "missing.yaml")])
+    assert res.exit_code == 2 and "missing.yaml" in res.output

@@ -1,0 +1,274 @@
+"""The SimLingo-style VLA: decoding, LoRA, checkpoints, sampling log-probabilities, masked losses."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from envs.scene import Observation, RoadOption
+from policies.base import ExpertState, make_agent
+from policies.checkpoint import CheckpointError, load_policy, write_config
+from policies.language import ENHANCEMENTS, commentary, enhanced
+from policies.prompts import FOLLOW_ANSWER, driving_prompt
+from policies.tokenizer import load_tokenizer, save_tokenizer, train_label_tokenizer
+from policies.vla import VLA, _repeat_batch
+from policies.vla_config import (
+    ConfigError,
+    LLMConfig,
+    LoraSettings,
+    VisionConfig,
+    VLAConfig,
+    qwen2_05b_config,
+)
+
+
+def small_config(train_base: bool = True) -> VLAConfig:
+    return VLAConfig(
+        vision=VisionConfig(image_size=(32, 64), token_grid=(2, 4), embedding_size=8, hidden_sizes=(8, 16)),
+        llm=LLMConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2),
+        lora=LoraSettings(r=4, alpha=8, train_base=train_base),
+        head_hidden=32,
+        max_answer_tokens=12,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_label_tokenizer(n_states=600)
+
+
+def make_batch(n: int = 3, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "image": torch.randint(0, 256, (n, 3, 32, 64), dtype=torch.uint8, generator=g),
+        "speed": torch.rand(n, generator=g) * 10,
+        "target_points": torch.randn(n, 2, 2, generator=g) * 10,
+        "command": torch.full((n,), int(RoadOption.LANEFOLLOW)),
+        "language": ["Follow the route. Maintain speed.", "Follow the route. Stop now.", ""][:n],
+        "instruction": ["", "", "Slow down."][:n],
+        "mode": ["", "", "safety"][:n],
+        "path": torch.randn(n, 20, 2, generator=g),
+        "speed_waypoints": torch.randn(n, 10, 2, generator=g),
+        "has_path": torch.tensor([True, True, False][:n]),
+        "has_speed_waypoints": torch.tensor([True, True, False][:n]),
+        "action_weight": torch.ones(n),
+    }
+
+
+def test_label_tokenizer_covers_the_label_vocabulary_and_round_trips(tokenizer, tmp_path):
+    rng = np.random.default_rng(5)
+    texts = [driving_prompt(7.25), driving_prompt(0.0, "Slow down.", "instruction_following"), FOLLOW_ANSWER]
+    for i in range(200):
+        state = ExpertState(
+            target_speed=float(rng.uniform(0, 10)), desired_speed=8.0, speed=float(rng.uniform(0, 10)),
+            command=int(rng.choice([1, 2, 3, 4, 5, 6])), hazards={"vehicle": True},
+        )  # fmt: skip
+        texts += [commentary(state, i), enhanced(state, list(ENHANCEMENTS)[i % len(ENHANCEMENTS)], i)]
+    for t in texts:
+        ids = tokenizer(t, add_special_tokens=False)["input_ids"]
+        assert tokenizer.unk_token_id not in ids, t
+        assert tokenizer.decode(ids) == t
+    save_tokenizer(tokenizer, tmp_path / "tok")
+    again = load_tokenizer(tmp_path / "tok")
+    assert again(texts[5])["input_ids"] == tokenizer(texts[5])["input_ids"]
+    assert len(tokenizer) < 400  # a word-level vocabulary of the labels, not a general-purpose one
+
+
+def test_waypoints_are_cumulative_sums_of_decoded_deltas(tokenizer):
+    torch.manual_seed(0)
+    model = VLA(small_config(), tokenizer)
+    hidden = torch.randn(2, 30, 32)
+    path, speed = model._decode_waypoints(hidden)
+    assert path.shape == (2, 20, 2) and speed.shape == (2, 10, 2)
+    torch.testing.assert_close(path, model.path_head(hidden[:, :20]).cumsum(1))
+    torch.testing.assert_close(speed, model.speed_head(hidden[:, 20:]).cumsum(1))
+    out = model.eval().predict(make_batch())
+    assert out["path"].shape == (3, 20, 2) and out["speed_waypoints"].shape == (3, 10, 2)
+    assert len(out["language"]) == 3
+
+
+def test_lora_leaves_base_weights_frozen(tokenizer):
+    torch.manual_seed(0)
+    model = VLA(small_config(train_base=False), tokenizer)
+    base = {n: p.detach().clone() for n, p in model.llm.named_parameters() if "lora_" not in n}
+    lora = {n: p.detach().clone() for n, p in model.llm.named_parameters() if "lora_" in n}
+    assert all(not p.requires_grad for n, p in model.llm.named_parameters() if "lora_" not in n)
+    assert all(p.requires_grad for p in model.lora_parameters())
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        model.training_loss(make_batch())["loss"].backward()
+        opt.step()
+    for n, p in model.llm.named_parameters():
+        if "lora_" in n:
+            continue
+        assert torch.equal(p, base[n]), n
+    changed = [n for n, p in model.llm.named_parameters() if "lora_" in n and not torch.equal(p, lora[n])]
+    assert len(changed) == len(lora)
+    # the vision encoder, projector, target-point MLP, queries and heads train in pre-training
+    assert model.queries.requires_grad and all(p.requires_grad for p in model.vision.parameters())
+
+
+def test_save_load_round_trip_gives_identical_outputs(tokenizer, tmp_path):
+    torch.manual_seed(1)
+    model = VLA(small_config(), tokenizer)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):  # move LoRA's B away from zero so the adapters matter
+        opt.zero_grad()
+        model.training_loss(make_batch())["loss"].backward()
+        opt.step()
+    model.eval()
+    model.save(tmp_path / "ckpt", meta={"epoch": 1})
+    assert (tmp_path / "ckpt" / "adapters" / "adapter_config.json").is_file()
+    assert (tmp_path / "ckpt" / "model.safetensors").is_file()
+    doc = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert doc["architecture"] == "vla" and doc["meta"]["epoch"] == 1
+    again = load_policy(tmp_path / "ckpt").eval()
+    batch = make_batch()
+    a, b = model.generate(batch), again.generate(batch)
+    assert a["answers"] == b["answers"]
+    assert torch.equal(a["path"], b["path"]) and torch.equal(a["speed_waypoints"], b["speed_waypoints"])
+    answers = model.encode_answers(batch["language"])
+    assert torch.equal(model.answer_log_probs(batch, answers), again.answer_log_probs(batch, answers))
+    # folded for driving: same predictions, and such a model refuses to be saved
+    merged = VLA.load(tmp_path / "ckpt").merge_for_inference()
+    c = merged.generate(batch)
+    assert c["answers"] == a["answers"]
+    torch.testing.assert_close(c["path"], a["path"], atol=1e-5, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="merged"):
+        merged.save(tmp_path / "other")
+
+
+def test_wrong_architecture_and_bad_checkpoints_are_clear_errors(tokenizer, tmp_path):
+    write_config(tmp_path / "planner", "planner", {"n_modes": 4})
+    with pytest.raises(CheckpointError, match=r"'planner' checkpoint, not a 'vla'"):
+        VLA.load(tmp_path / "planner")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_policy(tmp_path / "missing")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_policy(tmp_path / "junk")
+    write_config(tmp_path / "alien", "diffusion", {})
+    with pytest.raises(CheckpointError, match="unknown architecture 'diffusion'"):
+        load_policy(tmp_path / "alien")
+    with pytest.raises(ConfigError, match="unknown VLA config keys: layers"):
+        VLAConfig.from_dict({"layers": 3})
+    # a VLA checkpoint whose weights belong to another size
+    VLA(small_config(), tokenizer).save(tmp_path / "vla")
+    doc = json.loads((tmp_path / "vla" / "config.json").read_text())
+    doc["config"]["llm"]["hidden_size"] = 48
+    (tmp_path / "vla" / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors"):
+        VLA.load(tmp_path / "vla")
+
+
+def test_sampling_log_probs_match_a_recomputation(tokenizer):
+    torch.manual_seed(2)
+    model = VLA(small_config(), tokenizer).eval()
+    batch = make_batch()
+    for temperature in (1.0, 0.7):
+        res = model.sample(batch, 4, temperature=temperature, generator=torch.Generator().manual_seed(3))
+        assert len(res.answers) == 12 and res.path.shape == (12, 20, 2)
+        rep = _repeat_batch(batch, 4)
+        torch.testing.assert_close(
+            model.answer_log_probs(rep, res.answers), res.log_probs, atol=1e-4, rtol=1e-4
+        )
+        teacher = model.forward_teacher(rep, res.answers)
+        torch.testing.assert_close(teacher["path"], res.path, atol=1e-5, rtol=1e-5)
+        # without a reference adapter the reference is the base model; LoRA's B starts at zero: equal
+        torch.testing.assert_close(res.ref_log_probs, res.log_probs, atol=1e-4, rtol=1e-4)
+    # sampled texts vary at temperature 1 (an untrained model spreads its probability)
+    assert len(set(map(tuple, res.answers))) > 1
+
+
+def test_reference_adapter_is_a_frozen_copy(tokenizer):
+    torch.manual_seed(3)
+    model = VLA(small_config(train_base=False), tokenizer)
+    model.add_reference_adapter()
+    assert model.has_reference()
+    assert all(not p.requires_grad for n, p in model.llm.named_parameters() if ".reference." in n)
+    opt = torch.optim.SGD(list(model.lora_parameters()), lr=0.5)
+    for _ in range(3):
+        opt.zero_grad()
+        model.training_loss(make_batch())["loss"].backward()
+        opt.step()
+    model.eval()
+    res = model.sample(make_batch(), 3, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(res.ref_log_probs, res.log_probs)
+    rep = _repeat_batch(make_batch(), 3)
+    with model.adapter("reference"):
+        torch.testing.assert_close(model.answer_log_probs(rep, res.answers), res.ref_log_probs)
+    # switching adapters leaves what trains unchanged
+    assert all(p.requires_grad for p in model.lora_parameters())
+    assert all(not p.requires_grad for n, p in model.llm.named_parameters() if ".reference." in n)
+
+
+def test_masked_losses(tokenizer):
+    torch.manual_seed(4)
+    model = VLA(small_config(), tokenizer).eval()  # eval: the ResNet's batch norm uses its running stats
+    batch = make_batch()
+    full = model.training_loss(batch)
+    # a pre-takeover sample (action_weight 0) changes the language loss only
+    masked = dict(batch, action_weight=torch.tensor([1.0, 0.0, 1.0]))
+    only_first = {k: (v[:1] if isinstance(v, torch.Tensor | list) else v) for k, v in batch.items()}
+    m = model.training_loss(masked)
+    f = model.training_loss(only_first)
+    torch.testing.assert_close(m["path"], f["path"])
+    torch.testing.assert_close(m["speed"], f["speed"])
+    torch.testing.assert_close(m["language"], full["language"])
+    assert int(m["n_action"]) == 1
+    # nothing to supervise: zero losses that still backpropagate
+    none = dict(batch, action_weight=torch.zeros(3), language=["", "", ""])
+    out = model.training_loss(none)
+    assert float(out["loss"]) == 0.0
+    out["loss"].backward()
+
+
+def test_training_fits_commentary_and_waypoints(tokenizer):
+    torch.manual_seed(5)
+    model = VLA(small_config(), tokenizer)
+    batch = make_batch(2)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    first = float(model.training_loss(batch)["loss"])
+    err0 = (model.eval().predict(batch)["path"] - batch["path"]).abs().mean()
+    model.train()
+    for _ in range(150):
+        opt.zero_grad()
+        loss = model.training_loss(batch)
+        loss["loss"].backward()
+        opt.step()
+    assert float(loss["loss"]) < 0.1 * first
+    out = model.eval().predict(batch)
+    assert out["language"] == batch["language"]
+    assert (out["path"] - batch["path"]).abs().mean() < 0.25 * err0
+
+
+def test_checkpoint_agent_drives_from_observations(tokenizer, tmp_path):
+    torch.manual_seed(6)
+    VLA(small_config(), tokenizer).save(tmp_path / "ckpt")
+    agent = make_agent(f"checkpoint:{tmp_path / 'ckpt'}")
+    assert not agent.privileged
+    obs = Observation(
+        image=np.zeros((128, 256, 3), np.uint8),
+        speed=3.0,
+        target_points=np.array([[10.0, 0.0], [30.0, 2.0]]),
+        command=int(RoadOption.LANEFOLLOW),
+    )  # fmt: skip
+    out = agent.act(obs, None)
+    assert 0.0 <= out.control.throttle <= 1.0 and -1.0 <= out.control.steer <= 1.0
+    assert out.path.shape == (20, 2) and out.speed_waypoints.shape == (10, 2)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        make_agent(f"checkpoint:{tmp_path / 'nowhere'}")
+    with pytest.raises(CheckpointError, match="camera"):
+        agent.act(Observation(None, 3.0, obs.target_points, obs.command), None)
+
+
+def test_half_billion_config_sizes():
+    cfg = qwen2_05b_config()
+    assert cfg.llm.hidden_size == 896 and cfg.llm.num_hidden_layers == 24 and cfg.lora.r == 32
+    assert VLAConfig.from_dict(cfg.to_dict()) == cfg
