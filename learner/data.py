@@ -3,8 +3,9 @@ Action Dreaming samples mixed in, batches in the policies' format.
 
 `FrameBank.load(dirs)` reads datasets (expert and takeover data alike) into memory once: decoded images
 (uint8) and the frames' labels and scene snapshots. `bucket_weights` gives each SimLingo bucket
-(`envs.buckets.BUCKETS`, plus "none" for untagged frames) the same share of the samples unless told
-otherwise, spread evenly over its frames. `BatchBuilder` turns frame indices into a batch dict:
+(`envs.buckets.BUCKETS`, plus the derived "go_from_stop" and "none" for untagged frames) the same
+share of the samples unless told otherwise, spread evenly over its frames. `BatchBuilder` turns frame
+indices into a batch dict:
 
     image (B, 3, H, W) uint8, speed (B,), target_points (B, 2, 2), command (B,), path (B, 20, 2),
     speed_waypoints (B, 10, 2), has_path / has_speed_waypoints (B,) bool, action_weight (B,) float
@@ -33,6 +34,20 @@ from envs.segments import Frame
 from policies.prompts import FOLLOW_ANSWER, INSTRUCTIONS, REFUSE_ANSWER, REFUSE_REASONS
 
 NO_BUCKET = "none"
+# Frames where the ego stands but the expert wants to go (a green light, a cleared road): rare (under 1 %
+# of expert frames at 5 Hz, against a third standing still) and the cure for the "inertia" failure of
+# imitation policies that learn to stay stopped whenever their speed is 0. A derived bucket, so its share
+# can be raised without re-tagging datasets.
+GO_FROM_STOP = "go_from_stop"
+DERIVED_BUCKETS = (GO_FROM_STOP, NO_BUCKET)
+
+
+def derived_tags(frame: Frame) -> list[str]:
+    from envs.buckets import STOP_SPEED
+    from policies.language import STOP_TARGET_SPEED
+
+    wants_to_go = frame.path is not None and frame.target_speed >= STOP_TARGET_SPEED
+    return [GO_FROM_STOP] if frame.speed < STOP_SPEED and wants_to_go else []
 _OBJECT_WORD = {
     "vehicle": "vehicle", "pedestrian": "pedestrian", "bicycle": "bicycle", "static": "obstacle",
     "emergency": "emergency vehicle", "parked_vehicle": "parked vehicle", "cone": "cone",
@@ -97,15 +112,13 @@ def bucket_weights(frames: Sequence[Frame], weights: dict[str, float] | None = N
     frames; a frame in several buckets collects from each. Buckets without frames give their share to
     the others."""
     weights = dict(weights or {})
-    unknown = sorted(set(weights) - set(BUCKETS) - {NO_BUCKET})
+    names = [*BUCKETS, *DERIVED_BUCKETS]
+    unknown = sorted(set(weights) - set(names))
     if unknown:
-        raise DataError(
-            f"unknown buckets in bucket_weights: {', '.join(unknown)}; known: {', '.join(BUCKETS)}"
-        )
-    names = [*BUCKETS, NO_BUCKET]
+        raise DataError(f"unknown buckets in bucket_weights: {', '.join(unknown)}; known: {', '.join(names)}")
     member = np.zeros((len(frames), len(names)), bool)
     for i, f in enumerate(frames):
-        tags = [b for b in f.buckets if b in BUCKETS]
+        tags = [b for b in f.buckets if b in BUCKETS] + derived_tags(f)
         for b in tags:
             member[i, names.index(b)] = True
         if not tags:

@@ -3,7 +3,9 @@
 Each tick the policy sees only the `Observation` (camera image, speed, target points, command),
 predicts the path and speed waypoints (and, for the VLA, commentary), and SimLingo's
 `WaypointController` turns them into throttle, brake and steer. The creep rule is off unless asked
-for (`creep=True`) and is reported in the output's info when on.
+for (`creep=True`) and is reported in the output's info when on. A VLA can also be driven by an
+instruction (`instruction="Slow down."`, mode "instruction_following" or "safety"), as in Action
+Dreaming: `takeover drive --agent checkpoint:PATH --agent-arg "instruction=Slow down."`.
 """
 
 from __future__ import annotations
@@ -24,8 +26,17 @@ PREFIX = "checkpoint:"
 class CheckpointAgent:
     privileged = False
 
-    def __init__(self, path: str | Path, creep: bool = False, threads: int = 0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        creep: bool = False,
+        threads: int = 0,
+        instruction: str | None = None,
+        mode: str = "instruction_following",
+    ) -> None:
         self.path = Path(path)
+        self.instruction = instruction or None
+        self.mode = mode
         if threads:
             torch.set_num_threads(threads)
         self.policy = load_policy(self.path)
@@ -48,6 +59,8 @@ class CheckpointAgent:
             "target_points": torch.from_numpy(np.asarray(obs.target_points, np.float32))[None],
             "command": torch.tensor([int(obs.command)], dtype=torch.long),
         }
+        if self.instruction:
+            batch["instruction"], batch["mode"] = [self.instruction], [self.mode]
         out = self.policy.predict(batch)
         path = out["path"][0].cpu().numpy().astype(np.float64)
         speed_wps = out["speed_waypoints"][0].cpu().numpy().astype(np.float64)

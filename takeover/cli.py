@@ -23,6 +23,19 @@ app.add_typer(collect_app, name="collect")
 app.add_typer(data_app, name="data")
 
 
+def _agent_kwargs(items: list[str]) -> dict:
+    """KEY=VALUE pairs; values are read as YAML scalars (true, 3, 0.5, text)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--agent-arg {item!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 @app.command()
 def drive(
     map: str = typer.Option(
@@ -38,7 +51,14 @@ def drive(
         help="Leaderboard 1.0 or Bench2Drive route XML. Without it, random routes on the map.",
     ),
     route_id: list[str] | None = typer.Option(None, "--route-id", help="Only these route ids (repeatable)."),
-    agent: str = typer.Option("lane_follow", "--agent", help="Agent name or import path module:Class."),
+    agent: str = typer.Option(
+        "lane_follow",
+        "--agent",
+        help="Agent name, checkpoint:PATH (a learned policy) or import path module:Class.",
+    ),
+    agent_arg: list[str] | None = typer.Option(
+        None, "--agent-arg", help="KEY=VALUE for the agent's constructor (repeatable), e.g. creep=true."
+    ),
     video: bool = typer.Option(False, "--video", help="Write an MP4 (camera + bird's-eye view) per route."),
     num_routes: int = typer.Option(
         2, "--num-routes", help="Random routes to drive when --routes is not given."
@@ -62,6 +82,7 @@ def drive(
         map=map,
         out=out,
         agent=agent,
+        agent_kwargs=_agent_kwargs(agent_arg or []),
         routes=routes,
         route_ids=route_id or None,
         num_random_routes=num_routes,
@@ -73,7 +94,7 @@ def drive(
     )
     try:
         run_drive(job)
-    except (MapError, RouteFileError, SimulatorError, ValueError) as exc:
+    except (MapError, RouteFileError, SimulatorError, ValueError, TypeError) as exc:
         _fail(str(exc))
 
 

@@ -30,6 +30,7 @@ class DriveJob:
     map: str
     out: Path
     agent: str = "lane_follow"
+    agent_kwargs: dict = field(default_factory=dict)  # keyword arguments of the agent's constructor
     routes: str | None = None
     route_ids: list[str] | None = None
     num_random_routes: int = 2
@@ -83,7 +84,7 @@ def plan_jobs(job: DriveJob) -> list[tuple[str, list[RouteSpec] | None]]:
 
 def drive(job: DriveJob) -> dict:
     job.out.mkdir(parents=True, exist_ok=True)
-    agent = make_agent(job.agent)
+    agent = make_agent(job.agent, **job.agent_kwargs)
     records: list[dict] = []
     t_start = time.time()
     for map_path, specs in plan_jobs(job):
@@ -131,6 +132,8 @@ def drive(job: DriveJob) -> dict:
             env.close()
     summary = summarize(records)
     summary["agent"] = job.agent
+    if job.agent_kwargs:
+        summary["agent_kwargs"] = job.agent_kwargs
     summary["wall_time_s"] = round(time.time() - t_start, 1)
     (job.out / "summary.json").write_text(json.dumps(summary, indent=1))
     _summary_figure(records, job.out / "summary.png")

@@ -69,6 +69,14 @@ def test_drive_unknown_agent_and_map_are_clear_errors(tmp_path: Path) -> None:
     assert "atlantis" in res.output
 
 
+def test_drive_agent_args_are_checked(tmp_path: Path) -> None:
+    base = ["drive", "--map", "urban_grid", "--out", str(tmp_path)]
+    res = runner.invoke(app, [*base, "--agent-arg", "creep"])
+    assert res.exit_code == 2 and "expected KEY=VALUE" in res.output
+    res = runner.invoke(app, [*base, "--agent", "constant", "--agent-arg", "wings=2"])
+    assert res.exit_code == 2 and "wings" in res.output
+
+
 def test_drive_routes_without_matching_map_is_an_error(tmp_path: Path) -> None:
     routes = SHARED / "routes" / "bench2drive220_town01-05.xml"
     if not routes.is_file():

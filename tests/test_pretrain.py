@@ -72,6 +72,12 @@ def test_bucket_weights_give_each_bucket_an_equal_share():
     assert p[:2].sum() == pytest.approx(0.5) and p[2:].sum() == pytest.approx(0.5)
     p = bucket_weights(frames, {"lateral_control": 3.0})
     assert p[:2].sum() == pytest.approx(0.75)
+    # standing while the expert wants to go: the derived bucket that fights imitation's inertia
+    go = straight_frame(0, 0.0, speed=0.0)
+    wait = straight_frame(1, 0.0, speed=0.0)
+    wait.target_speed = 0.0
+    p = bucket_weights([go, wait, *frames[2:]], {"go_from_stop": 2.0})
+    assert p[0] > 10 * p[1] and p[0] == pytest.approx(2.0 / 3.0)
     with pytest.raises(DataError, match="unknown buckets"):
         bucket_weights(frames, {"wobble": 1.0})
 

@@ -264,6 +264,11 @@ def test_checkpoint_agent_drives_from_observations(tokenizer, tmp_path):
     assert out.path.shape == (20, 2) and out.speed_waypoints.shape == (10, 2)
     with pytest.raises(CheckpointError, match="does not exist"):
         make_agent(f"checkpoint:{tmp_path / 'nowhere'}")
+    # creep (off by default) is reported when on; an instruction goes into the prompt
+    creeping = make_agent(f"checkpoint:{tmp_path / 'ckpt'}", creep=True, instruction="Slow down.")
+    assert "creep" in creeping.act(obs, None).info and "creep" not in out.info
+    with pytest.raises(ValueError, match="unknown instruction mode"):
+        make_agent(f"checkpoint:{tmp_path / 'ckpt'}", instruction="Stop.", mode="obey").act(obs, None)
     with pytest.raises(CheckpointError, match="camera"):
         agent.act(Observation(None, 3.0, obs.target_points, obs.command), None)
 
