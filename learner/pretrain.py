@@ -175,7 +175,7 @@ def plot_curve(run: Path) -> Path | None:
         return None
     steps = np.array([r["step"] for r in rows])
     fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=[3, 1])
-    for key in ("loss", "language", "path", "speed", "classification", "offset"):
+    for key in ("loss", "language", "path", "speed", "cls_loss", "reg_loss"):
         if key in rows[0]:
             v = np.array([r[key] for r in rows], float)
             ax.plot(steps, v, alpha=0.25)

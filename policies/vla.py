@@ -95,7 +95,9 @@ class VisionEncoder(nn.Module):
 
             if not v.path or not Path(v.path).is_dir():
                 raise CheckpointError(f"vision.path {v.path!r} is not a folder with a pretrained model")
-            model = AutoModel.from_pretrained(v.path, local_files_only=True)
+            model = AutoModel.from_pretrained(
+                v.path, local_files_only=True, trust_remote_code=v.trust_remote_code
+            )
             self.model = getattr(model, "vision_model", model)
             self.channels = int(self.model.config.hidden_size)
         else:
@@ -161,9 +163,7 @@ class VLA(nn.Module):
             tokenizer = load_tokenizer(cfg.llm.path) if cfg.llm.path else train_label_tokenizer()
         self.tokenizer = tokenizer
         if cfg.llm.path:
-            llm = Qwen2ForCausalLM.from_pretrained(cfg.llm.path, local_files_only=True)
-            if getattr(llm.config, "model_type", "") != "qwen2":
-                raise CheckpointError(f"{cfg.llm.path} is a {llm.config.model_type!r} model, not qwen2")
+            llm = _pretrained_qwen2(cfg.llm.path)
         else:
             c = cfg.llm
             llm = Qwen2ForCausalLM(
@@ -570,6 +570,19 @@ class VLA(nn.Module):
             set_peft_model_state_dict(model.llm, ref, adapter_name=REFERENCE)
             model.set_base_trainable(config.lora.train_base)
         return model.to(device)
+
+
+def _pretrained_qwen2(path: str) -> nn.Module:
+    """A Qwen2-architecture causal LM from a local folder; any other architecture is refused by name."""
+    from transformers import AutoConfig, Qwen2ForCausalLM
+
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"llm.path {path!r} is not a folder with a pretrained model (no config.json)")
+    model_type = getattr(AutoConfig.from_pretrained(str(folder), local_files_only=True), "model_type", "?")
+    if model_type != "qwen2":
+        raise CheckpointError(f"llm.path {path!r} holds a {model_type!r} model; the VLA needs a qwen2 one")
+    return Qwen2ForCausalLM.from_pretrained(str(folder), local_files_only=True)
 
 
 def _or_none(mask: torch.Tensor) -> torch.Tensor | None:

@@ -23,6 +23,7 @@ class ConfigError(ValueError):
 class VisionConfig:
     type: str = "resnet"  # "resnet" | "vit" (transformers models built from this config) | "pretrained"
     path: str | None = None  # local folder of a pretrained vision model (type "pretrained")
+    trust_remote_code: bool = False  # run the model code shipped in that folder (InternViT's)
     image_size: tuple[int, int] = (128, 256)  # (H, W) the camera image is resized to
     token_grid: tuple[int, int] = (4, 8)  # image features are pooled to rows x cols tokens
     # resnet

@@ -156,3 +156,14 @@ def test_bad_configs_and_data_are_clear_errors(tmp_path, dataset):
     assert res.exit_code == 2 and "nothing" in res.output
     res = runner.invoke(app, ["pretrain", "--data", str(dataset), "--config", str(tmp_path / "missing.yaml")])
     assert res.exit_code == 2 and "missing.yaml" in res.output
+
+
+def test_shipped_pretrain_configs_load():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    vla = PretrainConfig.load(root / "pretrain_tiny_vla.yaml")
+    assert vla.policy["architecture"] == "vla" and vla.train.max_minutes == 20
+    assert vla.train.bucket_weights["go_from_stop"] > 1
+    planner = PretrainConfig.load(root / "pretrain_planner.yaml")
+    assert planner.policy["architecture"] == "planner"

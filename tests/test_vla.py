@@ -277,3 +277,34 @@ def test_half_billion_config_sizes():
     cfg = qwen2_05b_config()
     assert cfg.llm.hidden_size == 896 and cfg.llm.num_hidden_layers == 24 and cfg.lora.r == 32
     assert VLAConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_pretrained_llm_folder_brings_its_own_tokenizer(tokenizer, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    # a "pretrained" folder as transformers writes it: weights, config and the model's tokenizer
+    base = Qwen2ForCausalLM(
+        Qwen2Config(vocab_size=len(tokenizer) - 6, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                    num_attention_heads=4, num_key_value_heads=2)
+    )  # fmt: skip
+    base.save_pretrained(tmp_path / "qwen")
+    tokenizer.save_pretrained(tmp_path / "qwen")
+    cfg = small_config(train_base=False)
+    cfg.llm.path = str(tmp_path / "qwen")
+    model = VLA(cfg)
+    own = load_tokenizer(tmp_path / "qwen").backend_tokenizer.to_str()
+    assert model.tokenizer.backend_tokenizer.to_str() == own
+    assert model.llm.get_base_model().get_input_embeddings().num_embeddings >= len(model.tokenizer)
+    assert not any(p.requires_grad for n, p in model.llm.named_parameters() if "lora_" not in n)
+    model.save(tmp_path / "ckpt")
+    again = VLA.load(tmp_path / "ckpt").eval()
+    batch = make_batch()
+    assert torch.equal(model.eval().generate(batch)["path"], again.generate(batch)["path"])
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4
+        )
+    ).save_pretrained(tmp_path / "llama")
+    cfg.llm.path = str(tmp_path / "llama")
+    with pytest.raises(CheckpointError, match="'llama' model"):
+        VLA(cfg, tokenizer)
