@@ -3,7 +3,7 @@ Action Dreaming samples mixed in, batches in the policies' format.
 
 `FrameBank.load(dirs)` reads datasets (expert and takeover data alike) into memory once: decoded images
 (uint8) and the frames' labels and scene snapshots. `bucket_weights` gives each SimLingo bucket
-(`envs.buckets.BUCKETS`, plus the derived "go_from_stop" and "none" for untagged frames) the same
+(`envs.buckets.BUCKETS`, plus the derived "moving_off" and "none" for untagged frames) the same
 share of the samples unless told otherwise, spread evenly over its frames. `BatchBuilder` turns frame
 indices into a batch dict:
 
@@ -34,20 +34,27 @@ from envs.segments import Frame
 from policies.prompts import FOLLOW_ANSWER, INSTRUCTIONS, REFUSE_ANSWER, REFUSE_REASONS
 
 NO_BUCKET = "none"
-# Frames where the ego stands but the expert wants to go (a green light, a cleared road): rare (under 1 %
-# of expert frames at 5 Hz, against a third standing still) and the cure for the "inertia" failure of
-# imitation policies that learn to stay stopped whenever their speed is 0. A derived bucket, so its share
-# can be raised without re-tagging datasets.
-GO_FROM_STOP = "go_from_stop"
-DERIVED_BUCKETS = (GO_FROM_STOP, NO_BUCKET)
+# Frames where the ego stands or rolls slowly and the expert speeds it up (a green light, a cleared road,
+# pulling away): about 6 % of expert frames at 5 Hz, against a third standing still, and the cure for
+# the "inertia" failure of imitation policies, which learn to hold whatever low speed they have (at
+# 0 m/s, or creeping at 0.7 m/s because the near waypoints copy the current speed). A derived bucket,
+# so its share can be raised without re-tagging datasets.
+MOVING_OFF = "moving_off"
+MOVING_OFF_MAX_SPEED = 3.0  # m/s
+MOVING_OFF_MARGIN = 0.5  # m/s: the label's desired speed above the current one
+DERIVED_BUCKETS = (MOVING_OFF, NO_BUCKET)
 
 
 def derived_tags(frame: Frame) -> list[str]:
     from envs.buckets import STOP_SPEED
+    from policies.controller import desired_speed_from_waypoints
     from policies.language import STOP_TARGET_SPEED
 
-    wants_to_go = frame.path is not None and frame.target_speed >= STOP_TARGET_SPEED
-    return [GO_FROM_STOP] if frame.speed < STOP_SPEED and wants_to_go else []
+    if frame.path is None or frame.speed_waypoints is None or frame.speed >= MOVING_OFF_MAX_SPEED:
+        return []
+    wants_to_go = frame.speed < STOP_SPEED and frame.target_speed >= STOP_TARGET_SPEED
+    speeds_up = desired_speed_from_waypoints(frame.speed_waypoints) > frame.speed + MOVING_OFF_MARGIN
+    return [MOVING_OFF] if wants_to_go or speeds_up else []
 _OBJECT_WORD = {
     "vehicle": "vehicle", "pedestrian": "pedestrian", "bicycle": "bicycle", "static": "obstacle",
     "emergency": "emergency vehicle", "parked_vehicle": "parked vehicle", "cone": "cone",

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from envs.dataset import DatasetWriter
 from envs.scene import RoadOption
 from envs.segments import FUTURE_STEPS, Frame, TakeoverSegment
-from learner.data import BatchBuilder, DataError, FrameBank, bucket_weights
+from learner.data import BatchBuilder, DataError, FrameBank, bucket_weights, derived_tags
 from learner.pretrain import PretrainConfig, PretrainError, lr_factor, pretrain
 from policies.checkpoint import load_policy
 from takeover.cli import app
@@ -74,10 +74,17 @@ def test_bucket_weights_give_each_bucket_an_equal_share():
     assert p[:2].sum() == pytest.approx(0.75)
     # standing while the expert wants to go: the derived bucket that fights imitation's inertia
     go = straight_frame(0, 0.0, speed=0.0)
-    wait = straight_frame(1, 0.0, speed=0.0)
-    wait.target_speed = 0.0
-    p = bucket_weights([go, wait, *frames[2:]], {"go_from_stop": 2.0})
+    go.target_speed = 5.0  # stands, the expert wants to go
+    wait = straight_frame(1, 0.0, speed=0.0)  # stands, the expert stays
+    p = bucket_weights([go, wait, *frames[2:]], {"moving_off": 2.0})
     assert p[0] > 10 * p[1] and p[0] == pytest.approx(2.0 / 3.0)
+    # rolling slowly while the expert's waypoints speed up: moving off too; cruising is not
+    t = 0.25 * np.arange(1, 11)
+    pulling = straight_frame(2, 0.0, speed=0.8)
+    pulling.speed_waypoints = np.column_stack([0.8 * t + 1.0 * t**2, np.zeros(10)])
+    assert derived_tags(pulling) == ["moving_off"]
+    assert derived_tags(straight_frame(3, 0.0, speed=0.8)) == []
+    assert derived_tags(straight_frame(4, 0.0, speed=8.0)) == []
     with pytest.raises(DataError, match="unknown buckets"):
         bucket_weights(frames, {"wobble": 1.0})
 
@@ -164,6 +171,6 @@ def test_shipped_pretrain_configs_load():
     root = Path(__file__).resolve().parents[1] / "configs"
     vla = PretrainConfig.load(root / "pretrain_tiny_vla.yaml")
     assert vla.policy["architecture"] == "vla" and vla.train.max_minutes == 20
-    assert vla.train.bucket_weights["go_from_stop"] > 1
+    assert vla.train.bucket_weights["moving_off"] > 1
     planner = PretrainConfig.load(root / "pretrain_planner.yaml")
     assert planner.policy["architecture"] == "planner"
