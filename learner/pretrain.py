@@ -194,7 +194,12 @@ def plot_curve(run: Path) -> Path | None:
     ax_lr.set_ylabel("learning rate")
     ax_lr.set_xlabel("step")
     minutes = rows[-1].get("minutes")
-    title = f"pre-training: {run.name}" + (f" ({minutes:.1f} min)" if minutes else "")
+    policy = ""
+    if (run / "config.yaml").is_file():
+        spec = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("policy", {})
+        policy = " ".join(str(spec[k]) for k in ("architecture", "preset") if k in spec)
+    title = f"pre-training {policy}: {run.name}, {rows[-1]['step']} steps"
+    title += f", {minutes:.1f} min" if minutes else ""
     ax.set_title(title)
     fig.tight_layout()
     out = run / "training_curve.png"

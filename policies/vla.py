@@ -236,8 +236,8 @@ class VLA(nn.Module):
         return self._causal_lm().lm_head
 
     def merge_for_inference(self) -> VLA:
-        """Fold the active LoRA adapter into the LLM and drop peft's wrappers (about 3x faster decoding
-        of a tiny model on a CPU). The model can then only drive: no saving, training or adapters."""
+        """Fold the active LoRA adapter into the LLM and drop peft's wrappers (a tiny model's decision on
+        one CPU thread: 38 -> 25 ms). The model can then only drive: no saving, training or adapters."""
         if not self.merged:
             self.llm = self.llm.merge_and_unload()
             self.merged = True
