@@ -81,24 +81,31 @@ class FrameBank:
     def load(dirs: Sequence[str | Path], progress: bool = True) -> FrameBank:
         frames: list[Frame] = []
         pre: list[bool] = []
-        for d in dirs:
-            ds = open_dataset(d)
+        datasets = [open_dataset(d) for d in dirs]
+        total = sum(len(ds) for ds in datasets)
+        images: np.ndarray | None = None  # filled in place: one copy of the pixels, not two
+        for d, ds in zip(dirs, datasets, strict=True):
             bar = tqdm(total=len(ds), desc=f"loading {Path(d).name}", unit="frame", disable=not progress)
             for rec in ds.iter_records():
-                if rec.frame.image is None:
-                    raise DataError(f"{d}: frame {rec.frame.tick} of route {rec.frame.route_id} has no image")
-                frames.append(rec.frame)
+                f = rec.frame
+                if f.image is None:
+                    raise DataError(f"{d}: frame {f.tick} of route {f.route_id} has no image")
+                if images is None:
+                    images = np.empty((total, *f.image.transpose(2, 0, 1).shape), np.uint8)
+                if f.image.transpose(2, 0, 1).shape != images.shape[1:]:
+                    raise DataError(
+                        f"{d}: image size {f.image.shape} differs from {images.shape[1:]}; "
+                        "collect the datasets with one camera"
+                    )
+                images[len(frames)] = f.image.transpose(2, 0, 1)
+                f.image = None  # the bank keeps the one copy
+                frames.append(f)
                 pre.append(bool(rec.pre_takeover))
                 bar.update(1)
             bar.close()
-        if not frames:
+        if images is None or not frames:
             raise DataError(f"no frames in {', '.join(map(str, dirs))}")
-        shapes = {f.image.shape for f in frames}
-        if len(shapes) != 1:
-            raise DataError(f"datasets mix image sizes {sorted(shapes)}; collect them with one camera")
-        images = np.stack([f.image.transpose(2, 0, 1) for f in frames])
-        for f in frames:
-            f.image = None  # the bank keeps one copy
+        images = images[: len(frames)]
         return FrameBank(frames, np.asarray(pre, bool), images, [str(d) for d in dirs])
 
     def languages(self) -> list[str]:

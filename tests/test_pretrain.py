@@ -103,6 +103,16 @@ def test_batches_carry_masks_and_action_dreaming_samples(dataset):
     torch.testing.assert_close(plain["path"][1], torch.from_numpy(bank.frames[1].path).float())
 
 
+def test_bank_refuses_mixed_image_sizes_and_empty_data(dataset, tmp_path):
+    other = tmp_path / "big"
+    with DatasetWriter(other, kind="expert") as w:
+        f = straight_frame(0, 0.0)
+        f.image = np.zeros((48, 64, 3), np.uint8)
+        w.add_segment(TakeoverSegment("x", "expert", 0, "x", "grid", [f], np.zeros(1, bool)))
+    with pytest.raises(DataError, match="image size"):
+        FrameBank.load([dataset, other], progress=False)
+
+
 def test_pretrain_writes_checkpoints_logs_and_resumes(dataset, tmp_path):
     cfg = PretrainConfig.from_dict({
         "policy": SMALL_VLA,
