@@ -103,7 +103,7 @@ def test_batches_carry_masks_and_action_dreaming_samples(dataset):
     torch.testing.assert_close(plain["path"][1], torch.from_numpy(bank.frames[1].path).float())
 
 
-def test_bank_refuses_mixed_image_sizes_and_empty_data(dataset, tmp_path):
+def test_bank_refuses_mixed_image_sizes(dataset, tmp_path):
     other = tmp_path / "big"
     with DatasetWriter(other, kind="expert") as w:
         f = straight_frame(0, 0.0)
