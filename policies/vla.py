@@ -115,14 +115,11 @@ class VisionEncoder(nn.Module):
         x = (x - 0.5) / 0.5
         x = x.to(next(self.model.parameters()).dtype)
         out = self.model(pixel_values=x).last_hidden_state
-        if not self.is_conv:  # (B, N, C) patch tokens (a leading CLS token is dropped) -> grid
-            n = out.shape[1]
-            side_h = self.image_size[0] // getattr(self.model.config, "patch_size", 14)
-            side_w = n // side_h if side_h else n
-            if side_h * side_w != n:
-                out = out[:, 1:]
-                side_w = out.shape[1] // side_h
-            out = out.transpose(1, 2).reshape(out.shape[0], -1, side_h, side_w)
+        if not self.is_conv:  # (B, N, C) patch tokens, after a CLS token if there is one -> grid
+            patch = getattr(self.model.config, "patch_size", 14)
+            rows, cols = self.image_size[0] // patch, self.image_size[1] // patch
+            out = out[:, out.shape[1] - rows * cols :]
+            out = out.transpose(1, 2).reshape(out.shape[0], -1, rows, cols)
         out = F.adaptive_avg_pool2d(out, self.grid)
         return out.flatten(2).transpose(1, 2)
 
@@ -298,7 +295,7 @@ class VLA(nn.Module):
 
     def _embeddings(self, ids: torch.Tensor, image_tokens: torch.Tensor | None,
                     target_points: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
-        emb = self._embed()(ids.clamp_max(self._embed().num_embeddings - 1))
+        emb = self._embed()(ids)
         if image_tokens is not None:
             m = ids == self.ids[IMAGE_TOKEN]
             emb = emb.masked_scatter(m[..., None], self.projector(image_tokens).to(emb.dtype))

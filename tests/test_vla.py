@@ -308,3 +308,16 @@ def test_pretrained_llm_folder_brings_its_own_tokenizer(tokenizer, tmp_path):
     cfg.llm.path = str(tmp_path / "llama")
     with pytest.raises(CheckpointError, match="'llama' model"):
         VLA(cfg, tokenizer)
+
+
+def test_vit_encoder_gives_a_token_grid():
+    from policies.vla import VisionEncoder
+
+    cfg = VLAConfig(
+        vision=VisionConfig(type="vit", image_size=(56, 112), hidden_size=32, num_hidden_layers=1,
+                            num_attention_heads=2, intermediate_size=64, patch_size=14, token_grid=(2, 4))
+    )  # fmt: skip
+    tokens = VisionEncoder(cfg)(torch.randint(0, 256, (2, 3, 128, 256), dtype=torch.uint8))
+    assert tokens.shape == (2, 8, 32)
+    with pytest.raises(CheckpointError, match="unknown vision encoder type"):
+        VisionEncoder(VLAConfig(vision=VisionConfig(type="cnn")))
