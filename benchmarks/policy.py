@@ -26,6 +26,7 @@ import time
 import numpy as np
 import torch
 
+from policies.checkpoint import resolve_checkpoint
 from policies.vla import VLA
 from policies.vla_config import qwen2_05b_config, tiny_config
 
@@ -64,7 +65,7 @@ def _observations(data: str | None, n: int) -> list[dict]:
 
 def latency(checkpoint: str | None, data: str | None, n: int, max_tokens: int) -> dict:
     torch.set_num_threads(1)
-    model = VLA.load(checkpoint) if checkpoint else VLA(tiny_config())
+    model = VLA.load(resolve_checkpoint(checkpoint)) if checkpoint else VLA(tiny_config())
     if not checkpoint:
         model.config.max_answer_tokens = max_tokens
     model.merge_for_inference()

@@ -20,6 +20,8 @@ instruction is refused (naming why) and the target stays the expert's.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +67,13 @@ class DataError(ValueError):
     pass
 
 
+def _release_freed_memory() -> None:
+    """Hand the heap memory freed while decoding shards back to the OS (glibc keeps it otherwise:
+    about 40 % on top of the bank's own size)."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 @dataclass
 class FrameBank:
     """Frames of one or more datasets, in memory."""
@@ -78,15 +87,17 @@ class FrameBank:
         return len(self.frames)
 
     @staticmethod
-    def load(dirs: Sequence[str | Path], progress: bool = True) -> FrameBank:
+    def load(dirs: Sequence[str | Path], progress: bool = True, stride: int = 1) -> FrameBank:
+        """Read the datasets; with `stride` k only every k-th frame of each segment."""
         frames: list[Frame] = []
         pre: list[bool] = []
         datasets = [open_dataset(d) for d in dirs]
-        total = sum(len(ds) for ds in datasets)
+        counts = [ds.count(stride) for ds in datasets]
+        total = sum(counts)
         images: np.ndarray | None = None  # filled in place: one copy of the pixels, not two
-        for d, ds in zip(dirs, datasets, strict=True):
-            bar = tqdm(total=len(ds), desc=f"loading {Path(d).name}", unit="frame", disable=not progress)
-            for rec in ds.iter_records():
+        for d, ds, n in zip(dirs, datasets, counts, strict=True):
+            bar = tqdm(total=n, desc=f"loading {Path(d).name}", unit="frame", disable=not progress)
+            for rec in ds.iter_records(stride):
                 f = rec.frame
                 if f.image is None:
                     raise DataError(f"{d}: frame {f.tick} of route {f.route_id} has no image")
@@ -102,7 +113,10 @@ class FrameBank:
                 frames.append(f)
                 pre.append(bool(rec.pre_takeover))
                 bar.update(1)
+                if len(frames) % 4096 == 0:
+                    _release_freed_memory()
             bar.close()
+        _release_freed_memory()
         if images is None or not frames:
             raise DataError(f"no frames in {', '.join(map(str, dirs))}")
         images = images[: len(frames)]

@@ -43,6 +43,7 @@ class PretrainError(ValueError):
 class TrainConfig:
     epochs: int = 4
     samples_per_epoch: int = 0  # 0: the number of frames
+    frame_stride: int = 1  # load every k-th frame of each recorded segment (memory: ~150 KB a frame)
     batch_size: int = 32
     lr: float = 3e-4
     weight_decay: float = 0.01
@@ -51,10 +52,12 @@ class TrainConfig:
     grad_clip: float = 1.0
     dream_share: float = 0.2  # share of samples replaced by Action Dreaming samples
     bucket_weights: dict[str, float] = field(default_factory=dict)
+    loss_weights: dict[str, float] = field(default_factory=dict)  # VLA: language / path / speed (1 each)
     seed: int = 0
     log_every: int = 10
     threads: int = 0  # torch threads (0: leave torch's default)
-    max_minutes: float = 0.0  # stop (with a checkpoint) after this much training time; 0: no limit
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this much training time, the cosine
+    # schedule ending with it if the steps take longer (budget_step); 0: no limit
 
 
 @dataclass
@@ -79,7 +82,17 @@ class PretrainConfig:
             raise PretrainError(
                 f"policy.architecture must be 'vla' or 'planner', got {policy.get('architecture')!r}"
             )
-        return PretrainConfig(policy=dict(policy), train=TrainConfig(**train))
+        tc = TrainConfig(**train)
+        if tc.loss_weights and policy.get("architecture") != "vla":
+            raise PretrainError("train.loss_weights applies to the VLA (language, path, speed)")
+        bad_w = sorted(set(tc.loss_weights) - {"language", "path", "speed"})
+        if bad_w:
+            raise PretrainError(
+                f"unknown train.loss_weights {', '.join(bad_w)}; known: language, path, speed"
+            )
+        if tc.frame_stride < 1:
+            raise PretrainError(f"train.frame_stride must be a positive integer, got {tc.frame_stride}")
+        return PretrainConfig(policy=dict(policy), train=tc)
 
     @staticmethod
     def load(path: str | Path | None) -> PretrainConfig:
@@ -134,6 +147,15 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
         return (step + 1) / warmup
     progress = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def budget_step(step: int, total: int, minutes: float, max_minutes: float) -> int:
+    """The schedule's step under a time budget: the further on of the step count and the share of
+    `max_minutes` used, so that the cosine reaches its floor when the budget ends even if the run
+    would have needed more time for `total` steps (0 minutes: steps only)."""
+    if max_minutes <= 0:
+        return step
+    return max(step, round(total * min(minutes / max_minutes, 1.0)))
 
 
 def latest_checkpoint(run: Path) -> Path | None:
@@ -225,7 +247,7 @@ def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, re
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
-    bank = FrameBank.load(data, progress=progress)
+    bank = FrameBank.load(data, progress=progress, stride=tc.frame_stride)
     probs = bucket_weights(bank.frames, tc.bucket_weights)
     torch.manual_seed(tc.seed)
     model = load_policy(previous) if previous is not None else build_policy(config.policy, bank)
@@ -239,10 +261,13 @@ def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, re
     )
     per_epoch = max((tc.samples_per_epoch or len(bank)) // tc.batch_size, 1)
     total = per_epoch * tc.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, total, tc.warmup_steps, tc.min_lr_ratio)
-    )
     state = {"epoch": 0, "step": 0, "minutes": 0.0}
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: lr_factor(
+            budget_step(s, total, state["minutes"], tc.max_minutes), total, tc.warmup_steps, tc.min_lr_ratio
+        ),
+    )
     if previous is not None:
         saved = torch.load(run / STATE_FILE, weights_only=False)
         opt.load_state_dict(saved["optimizer"])
@@ -257,6 +282,7 @@ def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, re
         f"{len(bank)} frames, {n_params / 1e6:.2f} M trainable parameters, "
         f"{per_epoch} steps x {tc.epochs} epochs"
     )
+    weights = (tc.loss_weights,) if tc.loss_weights else ()  # the planner's loss takes none
     stop = False
     t_start = time.perf_counter() - state["minutes"] * 60
     try:
@@ -268,7 +294,7 @@ def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, re
             )
             for b in bar:
                 batch = builder.build(order[b * tc.batch_size : (b + 1) * tc.batch_size])
-                losses = model.training_loss(batch)
+                losses = model.training_loss(batch, *weights)
                 opt.zero_grad(set_to_none=True)
                 losses["loss"].backward()
                 if tc.grad_clip:

@@ -69,10 +69,26 @@ def read_config(folder: str | Path, expect: str | None = None) -> dict:
     return doc
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder from a checkpoint folder, a training run's `latest` pointer file, or the run
+    folder itself (its newest checkpoint)."""
+    path = Path(path)
+    if path.is_dir() and (path / CONFIG_FILE).is_file():
+        return path
+    pointer = path if path.is_file() else path / "checkpoints" / "latest"
+    if pointer.is_file():
+        target = pointer.parent / pointer.read_text().strip()
+        if not target.is_dir():
+            raise CheckpointError(f"{pointer} points to {target.name}, which does not exist")
+        return target
+    return path  # read_config names what is missing
+
+
 def load_policy(folder: str | Path, **kwargs: Any) -> Any:
-    """Load any learned policy from its checkpoint folder."""
+    """Load any learned policy from its checkpoint folder (or a run's `latest`, see resolve_checkpoint)."""
     from envs.plugins import resolve
 
+    folder = resolve_checkpoint(folder)
     arch = read_config(folder)["architecture"]
     if arch not in ARCHITECTURES:
         raise CheckpointError(f"{folder}: unknown architecture {arch!r}; known: {sorted(ARCHITECTURES)}")

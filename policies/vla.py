@@ -114,6 +114,8 @@ class VisionEncoder(nn.Module):
             x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
         x = (x - 0.5) / 0.5
         x = x.to(next(self.model.parameters()).dtype)
+        if self.is_conv:  # oneDNN's convolutions run about 1.3x faster in channels-last on a CPU
+            x = x.contiguous(memory_format=torch.channels_last)
         out = self.model(pixel_values=x).last_hidden_state
         if not self.is_conv:  # (B, N, C) patch tokens, after a CLS token if there is one -> grid
             patch = getattr(self.model.config, "patch_size", 14)
@@ -357,8 +359,14 @@ class VLA(nn.Module):
             "speed_waypoints": speed,
         }
 
-    def training_loss(self, batch: dict) -> dict[str, torch.Tensor]:
-        """Cross-entropy on the answer + smooth-L1 on path and speed waypoints (masked per sample)."""
+    def training_loss(self, batch: dict, weights: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
+        """Cross-entropy on the answer + smooth-L1 on path and speed waypoints (masked per sample);
+        `weights` scales the three terms ("language", "path", "speed"; 1 each by default)."""
+        w = {"language": 1.0, "path": 1.0, "speed": 1.0}
+        unknown = sorted(set(weights or {}) - set(w))
+        if unknown:
+            raise ValueError(f"unknown loss weights {unknown}; known: {sorted(w)}")
+        w.update(weights or {})
         texts = batch["language"]
         answers = self.encode_answers(texts)
         out = self.forward_teacher(batch, answers)
@@ -378,7 +386,8 @@ class VLA(nn.Module):
             smooth_l1_per_sample(out["speed_waypoints"], batch["speed_waypoints"].to(dev).float()), w_speed
         )
         return {
-            "loss": lm + path_l + speed_l, "language": lm.detach(), "path": path_l.detach(),
+            "loss": w["language"] * lm + w["path"] * path_l + w["speed"] * speed_l, "language": lm.detach(),
+            "path": path_l.detach(),
             "speed": speed_l.detach(), "n_action": (w_path > 0).sum().detach(),
         }  # fmt: skip
 

@@ -73,10 +73,11 @@ def _town_of(map_arg: str) -> str:
 @scenarios_app.command("sample")
 def sample(
     map: str = typer.Option(..., "--map", help="Procedural map, OpenDRIVE file, .net.xml, or a folder of "
-                            "TownXX.xodr files (route towns pick the map; --routes only)."),
+                            "TownXX.xodr files (route towns pick the map; --random: N routes per town)."),
     out: Path = typer.Option(..., "--out", help="Route file to write (Bench2Drive format)."),  # noqa: B008
     routes: str | None = typer.Option(None, "--routes", help="Training route file to put scenarios on."),
-    random: int = typer.Option(0, "--random", help="Draw this many random routes on the map instead."),
+    random: int = typer.Option(0, "--random", help="Draw this many random routes on the map (per town of a "
+                               "maps folder) instead; with --eval-routes, overlapping ones are redrawn."),
     density: float = typer.Option(2.0, "--density", help="Scenarios per km of route."),
     types: str | None = typer.Option(None, "--types", help="Comma-separated types (default: implemented)."),
     seed: int = typer.Option(0, "--seed"),
@@ -94,7 +95,7 @@ def sample(
     """Place scenario instances along training routes and write them as a Bench2Drive route file."""
     from envs.maps.build import MapError, resolve_map
     from envs.maps.network import load_lane_graph
-    from envs.routes import RouteFileError, map_route, random_route
+    from envs.routes import RouteFileError, map_route
     from envs.scenarios.base import ScenarioError
     from envs.scenarios.sampler import (
         load_eval_set,
@@ -113,34 +114,31 @@ def sample(
         if routes:
             groups = [(m, specs or []) for m, specs in plan_jobs(
                 DriveJob(map=map, out=out.parent, routes=routes, log=typer.echo))]
+        elif Path(map).is_dir():
+            groups = [(str(p), None) for p in sorted(Path(map).glob("Town*.xodr"))]
+            if not groups:
+                _fail(f"no TownXX.xodr maps in the folder {map}")
         else:
-            if Path(map).is_dir():
-                _fail("--random needs one map (a procedural map or an OpenDRIVE file), not a folder")
             groups = [(map, None)]
         all_sampled = []
         for map_path, specs in groups:
             lanes = load_lane_graph(resolve_map(map_path))
+            town = specs[0].town if specs else _town_of(map_path)
+            eval_set = None
+            if eval_routes:
+                eval_set = load_eval_set(eval_routes, lanes, town)
+                typer.echo(f"{town}: {len(eval_set.routes)} evaluation routes, {len(eval_set.triggers)} "
+                           f"evaluation triggers from {eval_routes}")
             if specs is None:
-                town = _town_of(map_path)
-                rng = np.random.default_rng(seed)
-                mapped = []
-                for k in range(random):
-                    r = random_route(lanes, rng, min_length=min_length, max_length=max_length, town=town)
-                    r.route_id = f"{town}-s{seed}-{k}"
-                    mapped.append(r)
+                mapped = _draw_random_routes(lanes, town, random, seed, min_length, max_length, eval_set,
+                                             overlap_threshold)
             else:
-                town = specs[0].town if specs else _town_of(map_path)
                 mapped = []
                 for spec in specs:
                     try:
                         mapped.append(map_route(spec, lanes))
                     except RouteFileError as exc:
                         typer.echo(f"skipping route {spec.route_id}: {exc}")
-            eval_set = None
-            if eval_routes:
-                eval_set = load_eval_set(eval_routes, lanes, town)
-                typer.echo(f"{town}: {len(eval_set.routes)} evaluation routes, {len(eval_set.triggers)} "
-                           f"evaluation triggers from {eval_routes}")
             sampled = sample_scenarios(lanes, mapped, _parse_types(types), density, seed, min_gap, eval_set,
                                        overlap_threshold, max_per_type if max_per_type > 0 else None)
             # Waypoints are written per network (CARLA coordinates of this town's lanes).
@@ -156,6 +154,31 @@ def sample(
     for line in summary_lines(flat):
         typer.echo(line)
     typer.echo(f"wrote {out}")
+
+
+def _draw_random_routes(lanes, town: str, n: int, seed: int, min_length: float, max_length: float,
+                        eval_set, overlap_threshold: float) -> list:
+    """`n` random routes on `lanes`; with an evaluation set, routes running more than `overlap_threshold`
+    on evaluation routes are redrawn (up to 20 draws per route kept)."""
+    from envs.routes import random_route
+    from envs.scenarios.sampler import overlap_by_route
+
+    rng = np.random.default_rng(seed)
+    kept, redrawn = [], 0
+    for _ in range(20 * n):
+        if len(kept) == n:
+            break
+        r = random_route(lanes, rng, min_length=min_length, max_length=max_length, town=town)
+        if eval_set is not None and overlap_by_route(r, eval_set.routes)[0] > overlap_threshold:
+            redrawn += 1
+            continue
+        r.route_id = f"{town}-s{seed}-{len(kept)}"
+        kept.append(r)
+    if redrawn:
+        typer.echo(f"{town}: redrew {redrawn} random routes that ran on evaluation routes")
+    if len(kept) < n:
+        typer.echo(f"{town}: only {len(kept)} of {n} random routes stay off the evaluation routes")
+    return kept
 
 
 def _write_multi(out: Path, groups: list, route_element) -> None:

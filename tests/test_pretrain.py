@@ -10,12 +10,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from envs.dataset import DatasetWriter
+from envs.dataset import DatasetWriter, open_dataset
 from envs.scene import RoadOption
 from envs.segments import FUTURE_STEPS, Frame, TakeoverSegment
 from learner.data import BatchBuilder, DataError, FrameBank, bucket_weights, derived_tags
-from learner.pretrain import PretrainConfig, PretrainError, lr_factor, pretrain
-from policies.checkpoint import load_policy
+from learner.pretrain import PretrainConfig, PretrainError, budget_step, lr_factor, pretrain
+from policies.checkpoint import CheckpointError, load_policy
 from takeover.cli import app
 
 SMALL_VLA = {
@@ -136,6 +136,12 @@ def test_pretrain_writes_checkpoints_logs_and_resumes(dataset, tmp_path):
     second = load_policy(run / "checkpoints" / "epoch_002")
     assert not torch.equal(first.queries, second.queries)
     assert (run / "checkpoints" / "latest").read_text() == "epoch_002"
+    # the run folder and its `latest` pointer load the newest checkpoint too (checkpoint:PATH accepts both)
+    for path in (run, run / "checkpoints" / "latest"):
+        assert torch.equal(load_policy(path).queries, second.queries)
+    (run / "checkpoints" / "latest").write_text("epoch_009")
+    with pytest.raises(CheckpointError, match="points to epoch_009, which does not exist"):
+        load_policy(run)
 
 
 def test_pretrain_trains_the_compact_planner_too(dataset, tmp_path):
@@ -159,9 +165,33 @@ def test_lr_schedule_warms_up_then_decays():
     assert all(a >= b for a, b in itertools.pairwise(f[10:])) and f[-1] == pytest.approx(0.1, abs=1e-3)
 
 
+def test_time_budget_brings_the_schedule_to_its_floor():
+    assert budget_step(300, 1000, 5.0, 0.0) == 300  # no budget: steps only
+    assert budget_step(300, 1000, 5.0, 20.0) == 300  # on time
+    assert budget_step(300, 1000, 10.0, 20.0) == 500  # slower than planned: half the budget used
+    assert lr_factor(budget_step(900, 1000, 20.0, 20.0), 1000, 10, 0.1) == pytest.approx(0.1)
+
+
+def test_bank_stride_keeps_every_kth_frame_of_each_segment(dataset):
+    full = FrameBank.load([dataset], progress=False)
+    half = FrameBank.load([dataset], progress=False, stride=2)
+    assert len(full) == 60 and len(half) == 30 == open_dataset(dataset).count(2)
+    assert [f.tick for f in half.frames[:10]] == [0, 8, 16, 24, 32, 40, 48, 56, 64, 72]  # segment r0 ...
+    assert half.frames[10].tick == 0 and half.frames[10].route_id == "r1"  # ... then r1 from its start
+    np.testing.assert_array_equal(half.images[3], full.images[6])
+    assert half.images.shape[0] == 30
+
+
 def test_bad_configs_and_data_are_clear_errors(tmp_path, dataset):
     with pytest.raises(PretrainError, match=r"unknown keys under 'train': epoch"):
         PretrainConfig.from_dict({"train": {"epoch": 3}})
+    with pytest.raises(PretrainError, match=r"frame_stride must be a positive integer"):
+        PretrainConfig.from_dict({"train": {"frame_stride": 0}})
+    with pytest.raises(PretrainError, match=r"unknown train.loss_weights waypoints"):
+        PretrainConfig.from_dict({"train": {"loss_weights": {"waypoints": 2.0}}})
+    planner_weighted = {"policy": {"architecture": "planner"}, "train": {"loss_weights": {"path": 2.0}}}
+    with pytest.raises(PretrainError, match=r"applies to the VLA"):
+        PretrainConfig.from_dict(planner_weighted)
     with pytest.raises(PretrainError, match=r"policy\.architecture"):
         PretrainConfig.from_dict({"policy": {"architecture": "diffusion"}})
     bad = tmp_path / "bad.yaml"

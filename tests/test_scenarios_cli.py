@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from envs.maps.build import resolve_map
 from envs.maps.network import load_lane_graph
-from envs.routes import parse_routes, random_route
+from envs.routes import map_route, parse_routes, random_route
 from envs.scenarios.sampler import sample_scenarios, write_routes_xml
 from takeover.cli import app
 
@@ -121,6 +121,27 @@ def test_sample_training_routes_against_the_evaluation_routes(tmp_path: Path):
     specs = parse_routes(out)
     assert specs and all(s.town == "Town04" for s in specs)
     assert sum(len(s.scenarios) for s in specs) > 0
+
+
+@shared_data
+def test_sample_random_routes_on_a_maps_folder_stay_off_the_evaluation_routes(tmp_path: Path):
+    """Random routes: N per town of the folder; ones that run on evaluation routes are redrawn."""
+    from envs.scenarios.sampler import load_eval_set, overlap_by_route
+
+    maps = B2D.parents[1] / "carla" / "maps"
+    out = tmp_path / "random.xml"
+    res = runner.invoke(app, ["scenarios", "sample", "--map", str(maps), "--random", "6", "--min-length",
+                              "250", "--max-length", "600", "--density", "4", "--seed", "74", "--eval-routes",
+                              str(B2D), "--out", str(out)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    specs = parse_routes(out)
+    towns = sorted(p.stem for p in maps.glob("Town*.xodr"))
+    assert sorted({s.town for s in specs}) == towns and len(specs) == 6 * len(towns)
+    assert "redrew" in res.output  # seed 74 draws a Town04 route along evaluation routes
+    lanes = load_lane_graph(resolve_map(str(TOWN04)))
+    eval_set = load_eval_set(B2D, lanes, "Town04")
+    for spec in (s for s in specs if s.town == "Town04"):
+        assert overlap_by_route(map_route(spec, lanes), eval_set.routes)[0] <= 0.5
 
 
 @pytest.fixture(scope="module")

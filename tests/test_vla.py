@@ -229,6 +229,18 @@ def test_masked_losses(tokenizer):
     out["loss"].backward()
 
 
+def test_loss_weights_scale_the_terms(tokenizer):
+    torch.manual_seed(4)
+    model = VLA(small_config(), tokenizer).eval()
+    batch = make_batch()
+    plain = model.training_loss(batch)
+    weighted = model.training_loss(batch, {"speed": 3.0, "language": 0.5})
+    expected = 0.5 * plain["language"] + plain["path"] + 3.0 * plain["speed"]
+    torch.testing.assert_close(weighted["loss"], expected)
+    with pytest.raises(ValueError, match="unknown loss weights"):
+        model.training_loss(batch, {"waypoints": 2.0})
+
+
 def test_training_fits_commentary_and_waypoints(tokenizer):
     torch.manual_seed(5)
     model = VLA(small_config(), tokenizer)
@@ -237,7 +249,7 @@ def test_training_fits_commentary_and_waypoints(tokenizer):
     first = float(model.training_loss(batch)["loss"])
     err0 = (model.eval().predict(batch)["path"] - batch["path"]).abs().mean()
     model.train()
-    for _ in range(150):
+    for _ in range(300):
         opt.zero_grad()
         loss = model.training_loss(batch)
         loss["loss"].backward()
