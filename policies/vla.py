@@ -386,9 +386,9 @@ class VLA(nn.Module):
             smooth_l1_per_sample(out["speed_waypoints"], batch["speed_waypoints"].to(dev).float()), w_speed
         )
         return {
-            "loss": w["language"] * lm + w["path"] * path_l + w["speed"] * speed_l, "language": lm.detach(),
-            "path": path_l.detach(),
-            "speed": speed_l.detach(), "n_action": (w_path > 0).sum().detach(),
+            "loss": w["language"] * lm + w["path"] * path_l + w["speed"] * speed_l,
+            "language": lm.detach(), "path": path_l.detach(), "speed": speed_l.detach(),
+            "n_action": (w_path > 0).sum().detach(),
         }  # fmt: skip
 
     def answer_log_probs(self, batch: dict, answers: list[list[int]]) -> torch.Tensor:
