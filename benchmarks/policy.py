@@ -71,7 +71,7 @@ def latency(checkpoint: str | None, data: str | None, n: int, max_tokens: int) -
     model.merge_for_inference()
     obs = _observations(data, n)
     times, tokens = [], []
-    with torch.no_grad():
+    with torch.inference_mode():  # as the driving agent
         for o in obs[:5]:
             model.generate(o)
         for o in obs:
