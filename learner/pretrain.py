@@ -30,7 +30,7 @@ import yaml
 from tqdm import tqdm
 
 from learner.data import BatchBuilder, FrameBank, bucket_weights
-from policies.checkpoint import load_policy
+from policies.checkpoint import load_policy, resolve_checkpoint
 
 STATE_FILE = "train_state.pt"
 
@@ -159,11 +159,9 @@ def budget_step(step: int, total: int, minutes: float, max_minutes: float) -> in
 
 
 def latest_checkpoint(run: Path) -> Path | None:
+    """The run's newest checkpoint (None before the first; a pointer to a missing one is an error)."""
     pointer = run / "checkpoints" / "latest"
-    if not pointer.is_file():
-        return None
-    path = run / "checkpoints" / pointer.read_text().strip()
-    return path if path.is_dir() else None
+    return resolve_checkpoint(pointer) if pointer.is_file() else None
 
 
 def _save_epoch(
