@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from learner.data import BatchBuilder, FrameBank, bucket_weights
 from policies.checkpoint import load_policy, resolve_checkpoint
+from policies.vla_config import LOSS_TERMS
 
 STATE_FILE = "train_state.pt"
 
@@ -85,10 +86,10 @@ class PretrainConfig:
         tc = TrainConfig(**train)
         if tc.loss_weights and policy.get("architecture") != "vla":
             raise PretrainError("train.loss_weights applies to the VLA (language, path, speed)")
-        bad_w = sorted(set(tc.loss_weights) - {"language", "path", "speed"})
+        bad_w = sorted(set(tc.loss_weights) - set(LOSS_TERMS))
         if bad_w:
             raise PretrainError(
-                f"unknown train.loss_weights {', '.join(bad_w)}; known: language, path, speed"
+                f"unknown train.loss_weights {', '.join(bad_w)}; known: {', '.join(LOSS_TERMS)}"
             )
         if tc.frame_stride < 1:
             raise PretrainError(f"train.frame_stride must be a positive integer, got {tc.frame_stride}")

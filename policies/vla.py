@@ -41,7 +41,7 @@ from policies.tokenizer import (
     save_tokenizer,
     train_label_tokenizer,
 )  # fmt: skip
-from policies.vla_config import VLAConfig, tiny_config
+from policies.vla_config import LOSS_TERMS, VLAConfig, tiny_config
 
 ADAPTERS_DIR = "adapters"
 REFERENCE = "reference"
@@ -362,11 +362,10 @@ class VLA(nn.Module):
     def training_loss(self, batch: dict, weights: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
         """Cross-entropy on the answer + smooth-L1 on path and speed waypoints (masked per sample);
         `weights` scales the three terms ("language", "path", "speed"; 1 each by default)."""
-        w = {"language": 1.0, "path": 1.0, "speed": 1.0}
-        unknown = sorted(set(weights or {}) - set(w))
+        unknown = sorted(set(weights or {}) - set(LOSS_TERMS))
         if unknown:
-            raise ValueError(f"unknown loss weights {unknown}; known: {sorted(w)}")
-        w.update(weights or {})
+            raise ValueError(f"unknown loss weights {unknown}; known: {list(LOSS_TERMS)}")
+        w = {term: 1.0 for term in LOSS_TERMS} | (weights or {})
         texts = batch["language"]
         answers = self.encode_answers(texts)
         out = self.forward_teacher(batch, answers)

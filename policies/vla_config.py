@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+LOSS_TERMS = ("language", "path", "speed")  # the VLA's training loss terms, each weighted 1 by default
+
 
 class ConfigError(ValueError):
     pass
