@@ -21,6 +21,8 @@ give the measured acceleration and whether the ego moves off); `tag_frames(frame
   leading object. The expert's cause (the object behind its largest speed reduction) when it names one;
   otherwise the nearest agent whose centre lies within LEAD_LATERAL (1.8 m) of the label path (or the
   straight line ahead) and within LEAD_DISTANCE (30 m) along it.
+- `recovery`: set by expert collection with noise injection (`envs.perturbation`), not here: the frame
+  lies in a window where the executed control was perturbed, or within its recovery time after it.
 """
 
 from __future__ import annotations
@@ -60,7 +62,9 @@ BUCKETS = (
     "lead_static",
     "lead_light",
     "lead_sign",
+    "recovery",
 )
+RECOVERY = "recovery"  # set by collection, not by `tag_frames`: in or just after a perturbation window
 
 _KIND_TAG = {
     int(AgentKind.VEHICLE): "lead_vehicle",

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from envs.geometry import polyline_frenet
+from envs.geometry import from_ego_frame, polyline_frenet
 
 FUTURE_STEPS = 10  # future boxes / trajectory samples per frame
 FUTURE_DT = 0.2  # seconds between them (5 Hz, 2 s)
@@ -288,4 +288,28 @@ def driven_future(frame: Frame, snapshots: dict[int, SceneSnapshot]) -> np.ndarr
         snap = snapshots.get(t)
         if snap is not None:
             out[j] = snap.ego[:3]
+    return out
+
+
+def planned_future(frame: Frame, speed_waypoints: np.ndarray | None) -> np.ndarray | None:
+    """The trajectory a planner intended at `frame`: its speed waypoints (0.25 s apart, ego frame)
+    interpolated to the frame's future times and put in the world frame, yaw along the motion (the ego's
+    yaw while standing). None without at least two waypoints (callers fall back to `driven_future`)."""
+    if speed_waypoints is None or len(speed_waypoints) < 2:
+        return None
+    x, y, yaw = float(frame.ego[0]), float(frame.ego[1]), float(frame.ego[2])
+    sw = np.asarray(speed_waypoints, np.float64)
+    t_wp = np.concatenate([[0.0], 0.25 * np.arange(1, len(sw) + 1)])
+    pts = np.concatenate([[[0.0, 0.0]], sw], axis=0)
+    tq = FUTURE_DT * np.arange(1, FUTURE_STEPS + 1)
+    local = np.stack([np.interp(tq, t_wp, pts[:, 0]), np.interp(tq, t_wp, pts[:, 1])], axis=-1)
+    world = from_ego_frame(local, x, y, yaw)
+    out = np.full((FUTURE_STEPS, 3), np.nan)
+    prev, heading = np.array([x, y]), yaw
+    for j in range(FUTURE_STEPS):
+        d = world[j] - prev
+        if math.hypot(d[0], d[1]) > 0.05:
+            heading = math.atan2(d[1], d[0])
+            prev = world[j]
+        out[j] = (world[j, 0], world[j, 1], heading)
     return out

@@ -34,7 +34,6 @@ Frames carry the camera image only when the env renders one (`config.record_imag
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,16 +41,14 @@ from typing import Any
 
 import numpy as np
 
-from envs.geometry import from_ego_frame
 from envs.segments import (
-    FUTURE_DT,
-    FUTURE_STEPS,
     Frame,
     SceneSnapshot,
     TakeoverSegment,
     driven_future,
     fill_agent_futures,
     future_ticks,
+    planned_future,
     scene_frame,
     snapshot,
 )
@@ -279,7 +276,8 @@ class TakeoverCollector:
         seg = o.segment
         for frame, exp in zip(seg.frames, o.expert_outputs, strict=True):
             fill_agent_futures(frame, snapshots)
-            frame.expert_future = self._expert_future(frame, exp, snapshots)
+            planned = planned_future(frame, getattr(exp, "speed_waypoints", None))
+            frame.expert_future = driven_future(frame, snapshots) if planned is None else planned
         seg.info["truncated"] = bool(truncated)
         seg.info["takeover_frames"] = int(np.count_nonzero(~seg.pre_takeover))
         if episode_ended:
@@ -287,28 +285,3 @@ class TakeoverCollector:
         if self.on_segment is not None:
             self.on_segment(seg)
         return seg
-
-    @staticmethod
-    def _expert_future(
-        frame: Frame, exp: Any, snapshots: dict[int, SceneSnapshot]
-    ) -> np.ndarray:
-        x, y, yaw = float(frame.ego[0]), float(frame.ego[1]), float(frame.ego[2])
-        sw = getattr(exp, "speed_waypoints", None)
-        if sw is None or len(sw) < 2:
-            return driven_future(frame, snapshots)
-        out = np.full((FUTURE_STEPS, 3), np.nan)
-        sw = np.asarray(sw, np.float64)
-        t_wp = np.concatenate([[0.0], 0.25 * np.arange(1, len(sw) + 1)])
-        pts = np.concatenate([[[0.0, 0.0]], sw], axis=0)
-        tq = FUTURE_DT * np.arange(1, FUTURE_STEPS + 1)
-        local = np.stack([np.interp(tq, t_wp, pts[:, 0]), np.interp(tq, t_wp, pts[:, 1])], axis=-1)
-        world = from_ego_frame(local, x, y, yaw)
-        prev = np.array([x, y])
-        heading = yaw
-        for j in range(FUTURE_STEPS):
-            d = world[j] - prev
-            if math.hypot(d[0], d[1]) > 0.05:
-                heading = math.atan2(d[1], d[0])
-                prev = world[j]
-            out[j] = (world[j, 0], world[j, 1], heading)
-        return out

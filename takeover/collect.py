@@ -31,12 +31,15 @@ from typing import Any
 
 import numpy as np
 
+from envs.perturbation import ControlPerturbation, PerturbationConfig
 from envs.segments import (
     Frame,
     SceneSnapshot,
     TakeoverSegment,
     driven_future,
     fill_agent_futures,
+    future_ticks,
+    planned_future,
     scene_frame,
     snapshot,
 )
@@ -107,6 +110,7 @@ class CollectJob:
     triggers: list[str] | None = None  # None = TakeoverConfig's default (follow, collision, restart)
     t_pre: int = 20
     t_take: int = 50
+    perturbation: PerturbationConfig | None = None  # expert collection only: DART-style noise injection
     log: Callable[[str], None] = field(default=print)
 
 
@@ -172,13 +176,23 @@ def frame_from_tick(env, out, route_id: str, town: str, language: str | None = N
     )
 
 
-def record_expert_route(env, agent, options: dict, seed: int, hz: int, progress: Progress | None = None):
-    """Drive one episode with `agent`; returns (frames at `hz`, env record). Buckets are tagged; language
-    is the commentary of the agent's expert state (phrasing drawn with `seed` and the tick)."""
-    from envs.buckets import tag_frames
+def record_expert_route(
+    env, agent, options: dict, seed: int, hz: int, progress: Progress | None = None,
+    perturbation: PerturbationConfig | None = None,
+):
+    """Drive one episode with `agent`; returns (frames at `hz`, env record, perturbation summary or None).
+    Buckets are tagged; language is the commentary of the agent's expert state (phrasing drawn with `seed`
+    and the tick). With `perturbation`, the executed control is perturbed in short windows
+    (`envs.perturbation`) while the frames keep the agent's labels; frames in or shortly after a window
+    get the "recovery" bucket, and frames whose 2 s future meets a window take the agent's planned
+    trajectory as `expert_future` (the driven one is not the expert's)."""
+    from envs.buckets import RECOVERY, tag_frames
     from policies.language import LabelGenerator
 
     labels = LabelGenerator(seed)
+    perturb = None
+    if perturbation is not None:  # its own stream, so the labels' phrasing does not change with it
+        perturb = ControlPerturbation(perturbation, np.random.default_rng([seed, 7919]), TICK_DT)
     every = max(round(1.0 / (hz * TICK_DT)), 1)
     env.reset(seed=seed, options=options)
     agent.reset(env.route)
@@ -193,17 +207,29 @@ def record_expert_route(env, agent, options: dict, seed: int, hz: int, progress:
         if tick % every == 0:
             text = None if out.expert is None else labels.commentary(out.expert, tick)
             frames.append(frame_from_tick(env, out, rid, town, text))
-        _, _, terminated, truncated, info = env.step(out.control.as_array())
+        action = out.control.as_array()
+        if perturb is not None:
+            action = perturb.apply(tick, action, float(scene.ego.speed))
+        _, _, terminated, truncated, info = env.step(action)
         if progress is not None:
             progress.update(1, completion=f"{info['completion']:.1f}%", frames=len(frames))
         if terminated or truncated:
             snapshots[int(env.scene.tick)] = snapshot(env.scene)
             break
-    for f in frames:  # the expert drove: its future trajectory is the one driven
+    windows = [] if perturb is None else perturb.windows
+    for f in frames:  # the expert drove: its future trajectory is the one driven, unless perturbed
         fill_agent_futures(f, snapshots)
-        f.expert_future = driven_future(f, snapshots)
+        horizon = int(future_ticks(f.tick)[-1])
+        planned = None
+        if any(w.start <= horizon and f.tick < w.end for w in windows):
+            planned = planned_future(f, f.speed_waypoints)
+        f.expert_future = driven_future(f, snapshots) if planned is None else planned
     tag_frames(frames)
-    return frames, env.record()
+    if perturb is not None:
+        for f in frames:
+            if perturb.recovery_ticks(f.tick):
+                f.buckets = [*f.buckets, RECOVERY]
+    return frames, env.record(), None if perturb is None else perturb.summary()
 
 
 def collect_expert(job: CollectJob) -> dict:
@@ -228,7 +254,9 @@ def collect_expert(job: CollectJob) -> dict:
                 continue
             progress = Progress(rid, job.log)
             try:
-                frames, rec = record_expert_route(ep.env, agent, ep.options, ep.seed, job.hz, progress)
+                frames, rec, perturbed = record_expert_route(
+                    ep.env, agent, ep.options, ep.seed, job.hz, progress, job.perturbation
+                )
             except SimulatorError as exc:
                 stats["failed"] += 1
                 job.log(f"{rid}: simulation failed: {exc}")
@@ -246,6 +274,8 @@ def collect_expert(job: CollectJob) -> dict:
                 "completion": rec["scores"]["score_route"],
                 "driving_score": rec["scores"]["score_composed"],
             }
+            if perturbed is not None:
+                info["perturbation"] = perturbed
             town = frames[0].town if frames else ""
             writer.add_segment(
                 TakeoverSegment(rid, "expert", 0, rid, town, frames, np.zeros(len(frames), bool), info)

@@ -16,6 +16,7 @@ import numpy as np
 import typer
 
 from envs.geometry import box_corners
+from envs.perturbation import PerturbationConfig
 from envs.segments import Frame, TakeoverSegment
 from takeover.cli_errors import fail as _fail
 from takeover.collect import CollectJob, collect_expert, collect_takeover
@@ -216,10 +217,29 @@ def collect_expert_cmd(
     max_ticks: int = typer.Option(4000, "--max-ticks", help="Tick cap per route."),
     shard_frames: int = typer.Option(512, "--shard-frames", help="Frames per Parquet shard (target)."),
     image_format: str = typer.Option("png", "--image-format", help="png (lossless) or jpeg."),
+    perturb: bool = typer.Option(
+        False, "--perturb",
+        help="Noise injection (envs.perturbation): late braking and steering offsets in short windows; "
+        "labels stay the expert's, so the data holds recoveries (bucket 'recovery').",
+    ),
+    brake_onset_p: float = typer.Option(
+        PerturbationConfig.brake_onset_p, "--brake-onset-p",
+        help="With --perturb: probability that a braking onset is delayed.",
+    ),
+    steer_rate: float = typer.Option(
+        PerturbationConfig.steer_rate, "--steer-rate",
+        help="With --perturb: steering-offset windows per second.",
+    ),
 ) -> None:
     """Record expert driving (labels + bucket tags + scene snapshots) as a dataset."""
     if not 1 <= hz <= 20:
         _fail("--hz must be between 1 and 20")
+    perturbation = None
+    if perturb:
+        try:
+            perturbation = PerturbationConfig(brake_onset_p=brake_onset_p, steer_rate=steer_rate)
+        except ValueError as exc:
+            _fail(str(exc))
     job = CollectJob(
         map=map,
         out=out,
@@ -234,6 +254,7 @@ def collect_expert_cmd(
         max_ticks=max_ticks,
         shard_frames=shard_frames,
         image_format=image_format,
+        perturbation=perturbation,
         log=typer.echo,
     )
     _run_collect(collect_expert, job)
