@@ -226,6 +226,10 @@ def collect_expert_cmd(
         PerturbationConfig.brake_onset_p, "--brake-onset-p",
         help="With --perturb: probability that a braking onset is delayed.",
     ),
+    late_brake_s: tuple[float, float] = typer.Option(
+        PerturbationConfig.late_brake_s, "--late-brake-s",
+        help="With --perturb: range of the braking delay (seconds, MIN MAX).",
+    ),
     steer_rate: float = typer.Option(
         PerturbationConfig.steer_rate, "--steer-rate",
         help="With --perturb: steering-offset windows per second.",
@@ -237,7 +241,9 @@ def collect_expert_cmd(
     perturbation = None
     if perturb:
         try:
-            perturbation = PerturbationConfig(brake_onset_p=brake_onset_p, steer_rate=steer_rate)
+            perturbation = PerturbationConfig(
+                brake_onset_p=brake_onset_p, late_brake_s=tuple(late_brake_s), steer_rate=steer_rate
+            )
         except ValueError as exc:
             _fail(str(exc))
     job = CollectJob(

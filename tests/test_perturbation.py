@@ -107,3 +107,10 @@ def test_collect_expert_perturb_records_recoveries_with_the_experts_labels(tmp_p
     # the labels are the expert's own (what it asked for), not the executed control
     assert all(np.isfinite(f.path).all() and np.isfinite(f.speed_waypoints).all() for f in rec)
     assert all(np.isfinite(f.expert_future[:3]).all() for f in rec[:-10])
+
+
+def test_collect_expert_refuses_a_bad_perturbation_range(tmp_path):
+    res = CliRunner().invoke(app, ["collect", "expert", "--map", "urban_grid", "--out", str(tmp_path / "x"),
+                                   "--perturb", "--late-brake-s", "2", "1"])
+    assert res.exit_code != 0 and "late_brake_s" in res.output
+    assert not (tmp_path / "x").exists()  # refused before anything is written
