@@ -48,6 +48,7 @@ PATH_OFFSET = 1.0
 LEAD_LATERAL = 1.8
 LEAD_DISTANCE = 30.0
 
+RECOVERY = "recovery"  # set by collection, not by `tag_frames`: in or just after a perturbation window
 BUCKETS = (
     "acceleration",
     "braking",
@@ -62,9 +63,8 @@ BUCKETS = (
     "lead_static",
     "lead_light",
     "lead_sign",
-    "recovery",
+    RECOVERY,
 )
-RECOVERY = "recovery"  # set by collection, not by `tag_frames`: in or just after a perturbation window
 
 _KIND_TAG = {
     int(AgentKind.VEHICLE): "lead_vehicle",
