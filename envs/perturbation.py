@@ -101,7 +101,7 @@ class ControlPerturbation:
             out[2] = float(np.clip(out[2] + w.steer, -1.0, 1.0))
         return out
 
-    def recovery_ticks(self, tick: int) -> bool:
+    def in_recovery(self, tick: int) -> bool:
         """Whether `tick` lies in a window or within `recovery_s` after one."""
         tail = round(self.config.recovery_s / self.dt)
         return any(w.start <= tick < w.end + tail for w in self.windows)

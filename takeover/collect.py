@@ -227,7 +227,7 @@ def record_expert_route(
     tag_frames(frames)
     if perturb is not None:
         for f in frames:
-            if perturb.recovery_ticks(f.tick):
+            if perturb.in_recovery(f.tick):
                 f.buckets = [*f.buckets, RECOVERY]
     return frames, env.record(), None if perturb is None else perturb.summary()
 

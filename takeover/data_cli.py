@@ -222,28 +222,32 @@ def collect_expert_cmd(
         help="Noise injection (envs.perturbation): late braking and steering offsets in short windows; "
         "labels stay the expert's, so the data holds recoveries (bucket 'recovery').",
     ),
-    brake_onset_p: float = typer.Option(
-        PerturbationConfig.brake_onset_p, "--brake-onset-p",
-        help="With --perturb: probability that a braking onset is delayed.",
+    brake_onset_p: float | None = typer.Option(
+        None, "--brake-onset-p",
+        help="With --perturb: probability that a braking onset is delayed "
+        f"(default {PerturbationConfig.brake_onset_p}).",
     ),
-    late_brake_s: tuple[float, float] = typer.Option(
-        PerturbationConfig.late_brake_s, "--late-brake-s",
-        help="With --perturb: range of the braking delay (seconds, MIN MAX).",
+    late_brake_s: tuple[float, float] | None = typer.Option(
+        None, "--late-brake-s",
+        help="With --perturb: range of the braking delay, seconds MIN MAX "
+        f"(default {PerturbationConfig.late_brake_s}).",
     ),
-    steer_rate: float = typer.Option(
-        PerturbationConfig.steer_rate, "--steer-rate",
-        help="With --perturb: steering-offset windows per second.",
+    steer_rate: float | None = typer.Option(
+        None, "--steer-rate",
+        help=f"With --perturb: steering-offset windows per second (default {PerturbationConfig.steer_rate}).",
     ),
 ) -> None:
     """Record expert driving (labels + bucket tags + scene snapshots) as a dataset."""
     if not 1 <= hz <= 20:
         _fail("--hz must be between 1 and 20")
+    settings = {"brake_onset_p": brake_onset_p, "late_brake_s": late_brake_s, "steer_rate": steer_rate}
+    settings = {k: tuple(v) if k == "late_brake_s" else v for k, v in settings.items() if v is not None}
     perturbation = None
+    if settings and not perturb:
+        _fail(f"{', '.join('--' + k.replace('_', '-') for k in settings)} only apply with --perturb")
     if perturb:
         try:
-            perturbation = PerturbationConfig(
-                brake_onset_p=brake_onset_p, late_brake_s=tuple(late_brake_s), steer_rate=steer_rate
-            )
+            perturbation = PerturbationConfig(**settings)
         except ValueError as exc:
             _fail(str(exc))
     job = CollectJob(

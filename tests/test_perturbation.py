@@ -32,7 +32,7 @@ def test_late_brake_window_withholds_the_brake_then_hands_back():
     p.apply(40, CRUISE, 8.0)
     p.apply(41, BRAKE, 8.0)
     assert len(p.windows) == 1
-    assert p.recovery_ticks(10) and p.recovery_ticks(21 + 59) and not p.recovery_ticks(21 + 60)  # 3 s after
+    assert p.in_recovery(10) and p.in_recovery(21 + 59) and not p.in_recovery(21 + 60)  # 3 s after
     p.apply(70, CRUISE, 8.0)
     assert p.apply(71, BRAKE, 8.0)[1] == 0.0 and len(p.windows) == 2
     assert p.summary() == {LATE_BRAKE: 2, STEER: 0, "ticks": 40}
@@ -93,18 +93,14 @@ def test_collect_expert_perturb_records_recoveries_with_the_experts_labels(tmp_p
         assert np.allclose(noisy.frames[k].ego, plain.frames[k].ego)
     # the ego leaves the unperturbed trajectory within the recovery span ...
     by_tick = {f.tick: f for f in plain.frames}
-    dev = []
-    for f in rec:
-        g = by_tick.get(f.tick)
-        if g is not None:
-            dev.append(float(np.hypot(*(f.ego[:2] - g.ego[:2]))))
+    pairs = [(f, by_tick[f.tick]) for f in rec if f.tick in by_tick]
+    dev = [float(np.hypot(*(f.ego[:2] - g.ego[:2]))) for f, g in pairs]
     assert max(dev) > 0.1
     # ... and at the largest deviation the expert's path label heads back towards it
-    k = int(np.argmax(dev))
-    f, g = rec[k], by_tick[rec[k].tick]
+    f, g = pairs[int(np.argmax(dev))]
     target = to_ego_frame(g.ego[None, :2], *f.ego[:3])[0]  # the unperturbed pose, seen from the ego
     assert np.sign(f.path[5, 1]) == np.sign(target[1])
-    # the labels are the expert's own (what it asked for), not the executed control
+    # recovery frames carry complete labels and, away from the episode's end, a planned expert future
     assert all(np.isfinite(f.path).all() and np.isfinite(f.speed_waypoints).all() for f in rec)
     assert all(np.isfinite(f.expert_future[:3]).all() for f in rec[:-10])
 
@@ -114,3 +110,8 @@ def test_collect_expert_refuses_a_bad_perturbation_range(tmp_path):
                                    "--perturb", "--late-brake-s", "2", "1"])
     assert res.exit_code != 0 and "late_brake_s" in res.output
     assert not (tmp_path / "x").exists()  # refused before anything is written
+    # a perturbation setting without --perturb would silently record unperturbed data: refused
+    res = CliRunner().invoke(app, ["collect", "expert", "--map", "urban_grid", "--out", str(tmp_path / "x"),
+                                   "--steer-rate", "0.1"])
+    assert res.exit_code != 0 and "--perturb" in res.output
+    assert not (tmp_path / "x").exists()
