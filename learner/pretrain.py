@@ -54,6 +54,7 @@ class TrainConfig:
     dream_share: float = 0.2  # share of samples replaced by Action Dreaming samples
     bucket_weights: dict[str, float] = field(default_factory=dict)
     loss_weights: dict[str, float] = field(default_factory=dict)  # VLA: language / path / speed (1 each)
+    speed_quantile: float = 0.5  # VLA: below 0.5 too-fast speed waypoints cost more (policies.vla)
     seed: int = 0
     log_every: int = 10
     threads: int = 0  # torch threads (0: leave torch's default)
@@ -86,6 +87,10 @@ class PretrainConfig:
         tc = TrainConfig(**train)
         if tc.loss_weights and policy.get("architecture") != "vla":
             raise PretrainError("train.loss_weights applies to the VLA (language, path, speed)")
+        if not 0.0 < tc.speed_quantile < 1.0:
+            raise PretrainError(f"train.speed_quantile must lie in (0, 1), got {tc.speed_quantile}")
+        if tc.speed_quantile != 0.5 and policy.get("architecture") != "vla":
+            raise PretrainError("train.speed_quantile applies to the VLA's speed waypoints")
         bad_w = sorted(set(tc.loss_weights) - set(LOSS_TERMS))
         if bad_w:
             raise PretrainError(
@@ -281,7 +286,9 @@ def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, re
         f"{len(bank)} frames, {n_params / 1e6:.2f} M trainable parameters, "
         f"{per_epoch} steps x {tc.epochs} epochs"
     )
-    weights = (tc.loss_weights,) if tc.loss_weights else ()  # the planner's loss takes none
+    # the planner's loss takes neither
+    is_vla = config.policy.get("architecture") == "vla"
+    loss_args = {"weights": tc.loss_weights, "speed_quantile": tc.speed_quantile} if is_vla else {}
     stop = False
     t_start = time.perf_counter() - state["minutes"] * 60
     try:
@@ -293,7 +300,7 @@ def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, re
             )
             for b in bar:
                 batch = builder.build(order[b * tc.batch_size : (b + 1) * tc.batch_size])
-                losses = model.training_loss(batch, *weights)
+                losses = model.training_loss(batch, **loss_args)
                 opt.zero_grad(set_to_none=True)
                 losses["loss"].backward()
                 if tc.grad_clip:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from policies.checkpoint import WEIGHTS_FILE, CheckpointError, read_config, write_config
+from policies.lean_decoder import LeanCache, LeanQwen2
 from policies.prompts import driving_prompt
 from policies.tokenizer import (
     BOS,
@@ -49,6 +50,23 @@ REFERENCE = "reference"
 
 def smooth_l1_per_sample(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.smooth_l1_loss(pred, target, reduction="none").flatten(1).mean(1)
+
+
+def speed_waypoint_loss(pred: torch.Tensor, target: torch.Tensor, quantile: float = 0.5) -> torch.Tensor:
+    """Per-sample smooth-L1 on (B, T, 2) speed waypoints, asymmetric when `quantile` is not 0.5.
+
+    A waypoint predicted farther from the ego than its target (too fast) has its error weighted
+    2 (1 - quantile), one short of it (too slow) 2 quantile, so the regression tends to the `quantile`
+    of the expert's speeds among frames that look alike rather than their median. From one frame a
+    stopped lead and a slow one look the same; below 0.5 the policy brakes in that doubt (pinball loss;
+    0.5 is the plain smooth-L1).
+    """
+    err = F.smooth_l1_loss(pred, target, reduction="none")
+    if quantile == 0.5:
+        return err.flatten(1).mean(1)
+    too_far = (pred.norm(dim=-1) > target.norm(dim=-1)).unsqueeze(-1)
+    scale = torch.where(too_far, 2.0 * (1.0 - quantile), 2.0 * quantile)
+    return (err * scale).flatten(1).mean(1)
 
 
 def masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -203,6 +221,7 @@ class VLA(nn.Module):
         }
         self.pad_id = int(tokenizer.pad_token_id)
         self.merged = False
+        self._lean: LeanQwen2 | None = None  # set by merge_for_inference
         # placeholders and padding are never generated: the answer distribution excludes them
         banned = [self.ids[t] for t in (IMAGE_TOKEN, TARGET_POINT_TOKEN, PATH_QUERY, SPEED_QUERY, BOS)]
         self.register_buffer("banned_ids", torch.tensor([*banned, self.pad_id]), persistent=False)
@@ -236,10 +255,12 @@ class VLA(nn.Module):
 
     def merge_for_inference(self) -> VLA:
         """Fold the active LoRA adapter into the LLM and drop peft's wrappers (a tiny model's decision on
-        one CPU thread: 38 -> 25 ms). The model can then only drive: no saving, training or adapters."""
+        one CPU thread: 38 -> 25 ms) and set up the lean decoder (`policies.lean_decoder`) for one observation
+        at a time. The model can then only drive: no saving, training or adapters."""
         if not self.merged:
             self.llm = self.llm.merge_and_unload()
             self.merged = True
+            self._lean = LeanQwen2.build(self._decoder())
         return self.eval()
 
     @property
@@ -359,9 +380,12 @@ class VLA(nn.Module):
             "speed_waypoints": speed,
         }
 
-    def training_loss(self, batch: dict, weights: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
+    def training_loss(
+        self, batch: dict, weights: dict[str, float] | None = None, speed_quantile: float = 0.5
+    ) -> dict[str, torch.Tensor]:
         """Cross-entropy on the answer + smooth-L1 on path and speed waypoints (masked per sample);
-        `weights` scales the three terms ("language", "path", "speed"; 1 each by default)."""
+        `weights` scales the three terms ("language", "path", "speed"; 1 each by default);
+        `speed_quantile` below 0.5 penalises too-fast speed waypoints more (`speed_waypoint_loss`)."""
         unknown = sorted(set(weights or {}) - set(LOSS_TERMS))
         if unknown:
             raise ValueError(f"unknown loss weights {unknown}; known: {list(LOSS_TERMS)}")
@@ -381,9 +405,9 @@ class VLA(nn.Module):
         w_path = aw * batch["has_path"].to(dev)
         w_speed = aw * batch["has_speed_waypoints"].to(dev)
         path_l = masked_mean(smooth_l1_per_sample(out["path"], batch["path"].to(dev).float()), w_path)
-        speed_l = masked_mean(
-            smooth_l1_per_sample(out["speed_waypoints"], batch["speed_waypoints"].to(dev).float()), w_speed
-        )
+        speed_target = batch["speed_waypoints"].to(dev).float()
+        speed_per_sample = speed_waypoint_loss(out["speed_waypoints"], speed_target, speed_quantile)
+        speed_l = masked_mean(speed_per_sample, w_speed)
         return {
             "loss": w["language"] * lm + w["path"] * path_l + w["speed"] * speed_l,
             "language": lm.detach(), "path": path_l.detach(), "speed": speed_l.detach(),
@@ -410,17 +434,20 @@ class VLA(nn.Module):
         emb = self._embeddings(packed.ids, image_tokens, batch["target_points"].to(self.device))
         mask = packed.mask
         pos = self._positions(mask)
-        out = self._decoder()(
-            inputs_embeds=emb, attention_mask=_or_none(mask), position_ids=pos, use_cache=True
-        )
-        cache, last_h = out.past_key_values, out.last_hidden_state[:, -1]
         n = emb.shape[0]
+        nq = self.config.path_points + self.config.speed_points
+        cache: Any = None
+        if self._lean is not None and n == 1:  # one unpadded sequence: the lean forward (lean_decoder.py)
+            cache = self._lean.new_cache(n, emb.shape[1] + max_new + nq)
+        hidden, cache = self._decode(emb, mask, pos, cache)
+        last_h = hidden[:, -1]
         next_pos = pos[:, -1] + 1
         alive = torch.ones(n, dtype=torch.bool, device=self.device)
         answers: list[list[int]] = [[] for _ in range(n)]
         log_probs = torch.zeros(n, device=self.device)
         eos = self.ids[EOS]
-        for _ in range(max_new):
+        tail = torch.empty((n, 0), dtype=torch.long, device=self.device)  # the last token, not yet fed
+        for step in range(max_new):
             logp = torch.log_softmax(self._answer_logits(last_h), -1)
             if temperature > 0:
                 probs = torch.softmax(logp / temperature, -1)
@@ -432,31 +459,25 @@ class VLA(nn.Module):
                 answers[i].append(int(tok[i]))
             step_mask = alive.long()[:, None]
             mask = torch.cat([mask, step_mask], 1)
-            out = self._decoder()(
-                inputs_embeds=self._embed()(tok[:, None]),
-                attention_mask=_or_none(mask),
-                position_ids=next_pos[:, None],
-                past_key_values=cache, use_cache=True,
-            )  # fmt: skip
-            cache, last_h = out.past_key_values, out.last_hidden_state[:, -1]
-            next_pos = next_pos + step_mask[:, 0]
             alive = alive & (tok != eos)
-            if not alive.any():
+            if not alive.any() or step == max_new - 1:
+                tail = tok[:, None]  # fed in one forward with the queries: one decoder call less
                 break
-        nq = self.config.path_points + self.config.speed_points
+            hidden, cache = self._decode(self._embed()(tok[:, None]), mask, next_pos[:, None], cache)
+            last_h = hidden[:, -1]
+            next_pos = next_pos + step_mask[:, 0]
         q_ids = torch.tensor(
             [self.ids[PATH_QUERY]] * self.config.path_points
             + [self.ids[SPEED_QUERY]] * self.config.speed_points,
             device=self.device,
         ).expand(n, -1)
+        ids = torch.cat([tail, q_ids], 1)
         mask = torch.cat([mask, torch.ones((n, nq), dtype=mask.dtype, device=self.device)], 1)
-        qpos = next_pos[:, None] + torch.arange(nq, device=self.device)
-        hidden = self._decoder()(
-            inputs_embeds=self._embeddings(q_ids, None, None),
-            attention_mask=_or_none(mask),
-            position_ids=qpos,
-            past_key_values=cache, use_cache=True,
-        ).last_hidden_state  # fmt: skip
+        # the tail token sits at next_pos (masked out where the answer had already ended)
+        q_start = next_pos + mask[:, -nq - tail.shape[1] : -nq].sum(1)
+        qpos = q_start[:, None] + torch.arange(nq, device=self.device)
+        positions = torch.cat([next_pos[:, None].expand(n, tail.shape[1]), qpos], 1)
+        hidden = self._decode(self._embeddings(ids, None, None), mask, positions, cache)[0][:, -nq:]
         path, speed = self._decode_waypoints(hidden)
         texts = [self.tokenizer.decode([t for t in a if t != eos], skip_special_tokens=True) for a in answers]
         return {
@@ -466,6 +487,19 @@ class VLA(nn.Module):
             "path": path,
             "speed_waypoints": speed,
         }
+
+    def _decode(
+        self, emb: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any
+    ) -> tuple[torch.Tensor, Any]:
+        """One decoder call on new tokens -> (normalised hidden states, cache): the lean forward when
+        generate() allocated its cache, transformers' otherwise."""
+        if isinstance(cache, LeanCache):
+            return self._lean(emb, cache), cache
+        out = self._decoder()(
+            inputs_embeds=emb, attention_mask=_or_none(mask), position_ids=pos,
+            past_key_values=cache, use_cache=True,
+        )  # fmt: skip
+        return out.last_hidden_state, out.past_key_values
 
     def predict(self, batch: dict) -> dict[str, Any]:
         """Greedy commentary and the waypoints it leads to (the driving agent's call)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -14,7 +15,7 @@ from policies.checkpoint import CheckpointError, load_policy, write_config
 from policies.language import ENHANCEMENTS, commentary, enhanced
 from policies.prompts import FOLLOW_ANSWER, driving_prompt
 from policies.tokenizer import load_tokenizer, save_tokenizer, train_label_tokenizer
-from policies.vla import VLA, _repeat_batch
+from policies.vla import VLA, _repeat_batch, speed_waypoint_loss
 from policies.vla_config import (
     ConfigError,
     LLMConfig,
@@ -180,6 +181,7 @@ def test_sampling_log_probs_match_a_recomputation(tokenizer):
         )
         teacher = model.forward_teacher(rep, res.answers)
         torch.testing.assert_close(teacher["path"], res.path, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(teacher["speed_waypoints"], res.speed_waypoints, atol=1e-5, rtol=1e-5)
         # without a reference adapter the reference is the base model; LoRA's B starts at zero: equal
         torch.testing.assert_close(res.ref_log_probs, res.log_probs, atol=1e-4, rtol=1e-4)
     # sampled texts vary at temperature 1 (an untrained model spreads its probability)
@@ -241,6 +243,31 @@ def test_loss_weights_scale_the_terms(tokenizer):
         model.training_loss(batch, {"waypoints": 2.0})
 
 
+def test_speed_quantile_makes_too_fast_waypoints_cost_more():
+    target = torch.tensor([[[4.0, 0.0], [8.0, 0.0]]])
+    fast, slow = target * 1.5, target * 0.5  # same absolute error, one beyond the target, one short
+    plain = speed_waypoint_loss(fast, target)
+    expected = torch.nn.functional.smooth_l1_loss(fast, target, reduction="none").mean()
+    torch.testing.assert_close(plain, expected[None])
+    torch.testing.assert_close(speed_waypoint_loss(slow, target), plain)  # 0.5: symmetric
+    q = 0.3
+    torch.testing.assert_close(speed_waypoint_loss(fast, target, q), plain * 2 * (1 - q))
+    torch.testing.assert_close(speed_waypoint_loss(slow, target, q), plain * 2 * q)
+    # among look-alike frames where the expert went 2 m or 10 m, the fitted distance moves to the low one
+    targets = torch.tensor([2.0] * 4 + [10.0] * 6)[:, None, None] * torch.tensor([1.0, 0.0])
+    fits = {}
+    for quantile in (0.5, 0.3):
+        d = torch.tensor(6.0, requires_grad=True)
+        opt = torch.optim.SGD([d], lr=0.5)
+        for _ in range(400):
+            opt.zero_grad()
+            pred = (d * torch.tensor([1.0, 0.0])).expand_as(targets)
+            speed_waypoint_loss(pred, targets, quantile).mean().backward()
+            opt.step()
+        fits[quantile] = float(d)
+    assert fits[0.5] > 9.0 and fits[0.3] < 3.0  # the median goes with the 6 of 10; q = 0.3 with the 4
+
+
 def test_training_fits_commentary_and_waypoints(tokenizer):
     torch.manual_seed(5)
     model = VLA(small_config(), tokenizer)
@@ -258,6 +285,43 @@ def test_training_fits_commentary_and_waypoints(tokenizer):
     out = model.eval().predict(batch)
     assert out["language"] == batch["language"]
     assert (out["path"] - batch["path"]).abs().mean() < 0.25 * err0
+    # merged for driving, one observation at a time runs the lean decoder: same commentary and waypoints
+    merged = copy.deepcopy(model).merge_for_inference()
+    assert merged._lean is not None
+    for i in range(2):
+        one = {k: v[i : i + 1] for k, v in batch.items()}
+        plain, lean = model.predict(one), merged.predict(one)
+        assert lean["language"] == plain["language"] == batch["language"][i : i + 1]
+        torch.testing.assert_close(lean["path"], plain["path"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(lean["speed_waypoints"], plain["speed_waypoints"], atol=1e-5, rtol=1e-5)
+
+
+def test_lean_decoder_matches_transformers_in_chunks():
+    from transformers import Qwen2Config, Qwen2Model
+
+    from policies.lean_decoder import LeanQwen2
+
+    torch.manual_seed(8)
+    cfg = Qwen2Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
+    model = Qwen2Model(cfg).eval()
+    lean = LeanQwen2.build(model)
+    assert lean is not None
+    x = torch.randn(1, 23, 32)
+    with torch.no_grad():
+        expected = model(inputs_embeds=x).last_hidden_state
+        cache = lean.new_cache(1, 23)
+        # a prompt, single tokens, then a block: the shapes generate() feeds
+        parts = [lean(x[:, :10], cache)] + [lean(x[:, i : i + 1], cache) for i in range(10, 13)]
+        parts.append(lean(x[:, 13:], cache))
+    torch.testing.assert_close(torch.cat(parts, 1), expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="exceeds the cache"):
+        lean(x[:, :1], cache)
+    # where the plain loop would not be exact (peft's unmerged adapters), there is none
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    assert LeanQwen2.build(peft_model.get_base_model()) is None
 
 
 def test_checkpoint_agent_drives_from_observations(tokenizer, tmp_path):
