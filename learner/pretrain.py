@@ -53,8 +53,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     dream_share: float = 0.2  # share of samples replaced by Action Dreaming samples
     bucket_weights: dict[str, float] = field(default_factory=dict)
-    loss_weights: dict[str, float] = field(default_factory=dict)  # VLA: language / path / speed (1 each)
-    speed_quantile: float = 0.5  # VLA: below 0.5 too-fast speed waypoints cost more (policies.vla)
+    loss_weights: dict[str, float] = field(default_factory=dict)  # VLA: policies.vla_config.LOSS_TERMS
     seed: int = 0
     log_every: int = 10
     threads: int = 0  # torch threads (0: leave torch's default)
@@ -86,11 +85,7 @@ class PretrainConfig:
             )
         tc = TrainConfig(**train)
         if tc.loss_weights and policy.get("architecture") != "vla":
-            raise PretrainError("train.loss_weights applies to the VLA (language, path, speed)")
-        if not 0.0 < tc.speed_quantile < 1.0:
-            raise PretrainError(f"train.speed_quantile must lie in (0, 1), got {tc.speed_quantile}")
-        if tc.speed_quantile != 0.5 and policy.get("architecture") != "vla":
-            raise PretrainError("train.speed_quantile applies to the VLA's speed waypoints")
+            raise PretrainError(f"train.loss_weights applies to the VLA ({', '.join(LOSS_TERMS)})")
         bad_w = sorted(set(tc.loss_weights) - set(LOSS_TERMS))
         if bad_w:
             raise PretrainError(
@@ -201,7 +196,7 @@ def plot_curve(run: Path) -> Path | None:
         return None
     steps = np.array([r["step"] for r in rows])
     fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=[3, 1])
-    for key in ("loss", "language", "path", "speed", "cls_loss", "reg_loss"):
+    for key in ("loss", "language", "path", "speed", "desired_speed", "cls_loss", "reg_loss"):
         if key in rows[0]:
             v = np.array([r[key] for r in rows], float)
             ax.plot(steps, v, alpha=0.25)
@@ -286,9 +281,7 @@ def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, re
         f"{len(bank)} frames, {n_params / 1e6:.2f} M trainable parameters, "
         f"{per_epoch} steps x {tc.epochs} epochs"
     )
-    # the planner's loss takes neither
-    is_vla = config.policy.get("architecture") == "vla"
-    loss_args = {"weights": tc.loss_weights, "speed_quantile": tc.speed_quantile} if is_vla else {}
+    loss_args = {"weights": tc.loss_weights} if tc.loss_weights else {}  # the planner's loss takes none
     stop = False
     t_start = time.perf_counter() - state["minutes"] * 60
     try:

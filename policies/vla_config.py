@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-LOSS_TERMS = ("language", "path", "speed")  # the VLA's training loss terms, each weighted 1 by default
+# the VLA's training loss terms and their default weights (VLA.training_loss)
+LOSS_TERMS = {"language": 1.0, "path": 1.0, "speed": 1.0, "desired_speed": 0.0}
 
 
 class ConfigError(ValueError):

@@ -191,10 +191,6 @@ def test_bad_configs_and_data_are_clear_errors(tmp_path, dataset):
     planner_weighted = {"policy": {"architecture": "planner"}, "train": {"loss_weights": {"path": 2.0}}}
     with pytest.raises(PretrainError, match=r"applies to the VLA"):
         PretrainConfig.from_dict(planner_weighted)
-    with pytest.raises(PretrainError, match=r"speed_quantile must lie in \(0, 1\), got 1.2"):
-        PretrainConfig.from_dict({"train": {"speed_quantile": 1.2}})
-    with pytest.raises(PretrainError, match=r"speed_quantile applies to the VLA"):
-        PretrainConfig.from_dict({"policy": {"architecture": "planner"}, "train": {"speed_quantile": 0.3}})
     with pytest.raises(PretrainError, match=r"policy\.architecture"):
         PretrainConfig.from_dict({"policy": {"architecture": "diffusion"}})
     bad = tmp_path / "bad.yaml"

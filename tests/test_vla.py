@@ -12,10 +12,11 @@ import torch
 from envs.scene import Observation, RoadOption
 from policies.base import ExpertState, make_agent
 from policies.checkpoint import CheckpointError, load_policy, write_config
+from policies.controller import desired_speed_from_waypoints
 from policies.language import ENHANCEMENTS, commentary, enhanced
 from policies.prompts import FOLLOW_ANSWER, driving_prompt
 from policies.tokenizer import load_tokenizer, save_tokenizer, train_label_tokenizer
-from policies.vla import VLA, _repeat_batch, speed_waypoint_loss
+from policies.vla import VLA, _repeat_batch, desired_speed_of, smooth_l1_per_sample
 from policies.vla_config import (
     ConfigError,
     LLMConfig,
@@ -236,36 +237,28 @@ def test_loss_weights_scale_the_terms(tokenizer):
     model = VLA(small_config(), tokenizer).eval()
     batch = make_batch()
     plain = model.training_loss(batch)
-    weighted = model.training_loss(batch, {"speed": 3.0, "language": 0.5})
-    expected = 0.5 * plain["language"] + plain["path"] + 3.0 * plain["speed"]
+    weighted = model.training_loss(batch, {"speed": 3.0, "language": 0.5, "desired_speed": 2.0})
+    assert float(plain["desired_speed"]) > 0  # computed and logged, weighted 0 unless asked for
+    torch.testing.assert_close(plain["loss"], plain["language"] + plain["path"] + plain["speed"])
+    expected = 0.5 * plain["language"] + plain["path"] + 3.0 * plain["speed"] + 2.0 * plain["desired_speed"]
     torch.testing.assert_close(weighted["loss"], expected)
     with pytest.raises(ValueError, match="unknown loss weights"):
         model.training_loss(batch, {"waypoints": 2.0})
 
 
-def test_speed_quantile_makes_too_fast_waypoints_cost_more():
-    target = torch.tensor([[[4.0, 0.0], [8.0, 0.0]]])
-    fast, slow = target * 1.5, target * 0.5  # same absolute error, one beyond the target, one short
-    plain = speed_waypoint_loss(fast, target)
-    expected = torch.nn.functional.smooth_l1_loss(fast, target, reduction="none").mean()
-    torch.testing.assert_close(plain, expected[None])
-    torch.testing.assert_close(speed_waypoint_loss(slow, target), plain)  # 0.5: symmetric
-    q = 0.3
-    torch.testing.assert_close(speed_waypoint_loss(fast, target, q), plain * 2 * (1 - q))
-    torch.testing.assert_close(speed_waypoint_loss(slow, target, q), plain * 2 * q)
-    # among look-alike frames where the expert went 2 m or 10 m, the fitted distance moves to the low one
-    targets = torch.tensor([2.0] * 4 + [10.0] * 6)[:, None, None] * torch.tensor([1.0, 0.0])
-    fits = {}
-    for quantile in (0.5, 0.3):
-        d = torch.tensor(6.0, requires_grad=True)
-        opt = torch.optim.SGD([d], lr=0.5)
-        for _ in range(400):
-            opt.zero_grad()
-            pred = (d * torch.tensor([1.0, 0.0])).expand_as(targets)
-            speed_waypoint_loss(pred, targets, quantile).mean().backward()
-            opt.step()
-        fits[quantile] = float(d)
-    assert fits[0.5] > 9.0 and fits[0.3] < 3.0  # the median goes with the 6 of 10; q = 0.3 with the 4
+def test_desired_speed_term_is_the_controllers_speed(tokenizer):
+    g = torch.Generator().manual_seed(1)
+    wps = torch.randn(5, 10, 2, generator=g).cumsum(1)
+    expected = [desired_speed_from_waypoints(w.numpy()) for w in wps]
+    torch.testing.assert_close(desired_speed_of(wps), torch.tensor(expected, dtype=torch.float32))
+    # a prediction 0.4 m short at 0.75 s: a 0.8 m/s slower controller speed, hardly seen by the waypoint loss
+    target = torch.tensor([[i * 2.5, 0.0] for i in range(1, 11)])[None]
+    pred = target.clone()
+    pred[0, 2, 0] -= 0.4
+    waypoint_term = smooth_l1_per_sample(pred, target)
+    desired_term = torch.nn.functional.smooth_l1_loss(desired_speed_of(pred), desired_speed_of(target))
+    torch.testing.assert_close(desired_term, torch.tensor(0.5 * 0.8**2))
+    assert float(desired_term) > 30 * float(waypoint_term)
 
 
 def test_training_fits_commentary_and_waypoints(tokenizer):
