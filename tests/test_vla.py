@@ -239,6 +239,8 @@ def test_loss_weights_scale_the_terms(tokenizer):
     plain = model.training_loss(batch)
     weighted = model.training_loss(batch, {"speed": 3.0, "language": 0.5, "desired_speed": 2.0})
     assert float(plain["desired_speed"]) > 0  # computed and logged, weighted 0 unless asked for
+    standing = dict(batch, speed=torch.tensor([0.0, 1.0, 2.5]))  # starting off is left to the waypoints
+    assert float(model.training_loss(standing, {"desired_speed": 1.0})["desired_speed"]) == 0.0
     torch.testing.assert_close(plain["loss"], plain["language"] + plain["path"] + plain["speed"])
     expected = 0.5 * plain["language"] + plain["path"] + 3.0 * plain["speed"] + 2.0 * plain["desired_speed"]
     torch.testing.assert_close(weighted["loss"], expected)
