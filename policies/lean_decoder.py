@@ -7,7 +7,8 @@ the same weights through this plain loop instead: fused q/k/v and gate/up projec
 computed once, keys and values written in place. It reproduces `Qwen2Model.forward` (default RoPE,
 full attention, SiLU MLP) to float precision; `LeanQwen2.build` returns None for anything else, and the
 caller then keeps using transformers. Positions are implied by the cache length, so it serves only
-sequences without padding (one observation at a time, as in driving).
+sequences without padding (one observation at a time, as in driving). The fused projections are copies:
+the merged LLM's weights are held twice (3 MB for the tiny model, ~2 GB in float32 for the 0.5B one).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class LeanQwen2:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         self.eps = cfg.rms_norm_eps
         self.scale = self.head_dim**-0.5
-        self.layers = []
+        self.layers: list[_Layer] = []
         for layer in model.layers:
             att, mlp = layer.self_attn, layer.mlp
             bias = None
