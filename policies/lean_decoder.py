@@ -8,7 +8,8 @@ computed once, keys and values written in place. It reproduces `Qwen2Model.forwa
 full attention, SiLU MLP) to float precision; `LeanQwen2.build` returns None for anything else, and the
 caller then keeps using transformers. Positions are implied by the cache length, so it serves only
 sequences without padding (one observation at a time, as in driving). The fused projections are copies:
-the merged LLM's weights are held twice (3 MB for the tiny model, ~2 GB in float32 for the 0.5B one).
+the decoder layers' weights are held twice (under 1 MB for the tiny model, 1.4 GB in float32 for
+the 0.5B one).
 """
 
 from __future__ import annotations
