@@ -10,7 +10,7 @@ indices into a batch dict:
     image (B, 3, H, W) uint8, speed (B,), target_points (B, 2, 2), command (B,), path (B, 20, 2),
     speed_waypoints (B, 10, 2), has_path / has_speed_waypoints (B,) bool, action_weight (B,) float
     (1 - m: 0 on pre-takeover frames, which supervise language only), language / instruction / mode
-    (lists of str), dreamed (B,) bool
+    (lists of str), dreamed (B,) bool, bev (B, C, rows, cols) float occupancy ahead (`policies.bev`)
 
 With probability `dream_share` a sample is replaced by an Action Dreaming one (SimLingo): an alternative
 future of the frame (`envs.action_dreaming`) with an instruction in the prompt; in "instruction_following"
@@ -30,9 +30,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from envs.buckets import BUCKETS
+from envs.buckets import BUCKETS, TICK_DT
 from envs.dataset import open_dataset
 from envs.segments import Frame
+from policies.bev import bev_occupancy
 from policies.prompts import FOLLOW_ANSWER, INSTRUCTIONS, REFUSE_ANSWER, REFUSE_REASONS
 
 NO_BUCKET = "none"
@@ -82,22 +83,29 @@ class FrameBank:
     pre_takeover: np.ndarray  # (N,) bool
     images: np.ndarray  # (N, 3, H, W) uint8
     sources: list[str] = field(default_factory=list)
+    from_takeover: np.ndarray | None = None  # (N,) bool: the frame comes from a takeover dataset
 
     def __len__(self) -> int:
         return len(self.frames)
 
     @staticmethod
-    def load(dirs: Sequence[str | Path], progress: bool = True, stride: int = 1) -> FrameBank:
-        """Read the datasets; with `stride` k only every k-th frame of each segment."""
+    def load(
+        dirs: Sequence[str | Path], progress: bool = True, stride: int = 1, hz: float = 0.0
+    ) -> FrameBank:
+        """Read the datasets; with `stride` k only every k-th frame of each segment. With `hz` > 0 each
+        dataset gets its own stride instead, the one that brings its recording rate nearest to `hz`
+        (expert data at 5 Hz and takeover data at 20 Hz mixed at one rate)."""
         frames: list[Frame] = []
         pre: list[bool] = []
+        takeover: list[bool] = []
         datasets = [open_dataset(d) for d in dirs]
-        counts = [ds.count(stride) for ds in datasets]
+        strides = [rate_stride(ds.frame_interval(), hz) if hz > 0 else stride for ds in datasets]
+        counts = [ds.count(k) for ds, k in zip(datasets, strides, strict=True)]
         total = sum(counts)
         images: np.ndarray | None = None  # filled in place: one copy of the pixels, not two
-        for d, ds, n in zip(dirs, datasets, counts, strict=True):
+        for d, ds, n, k in zip(dirs, datasets, counts, strides, strict=True):
             bar = tqdm(total=n, desc=f"loading {Path(d).name}", unit="frame", disable=not progress)
-            for rec in ds.iter_records(stride):
+            for rec in ds.iter_records(k):
                 f = rec.frame
                 if f.image is None:
                     raise DataError(f"{d}: frame {f.tick} of route {f.route_id} has no image")
@@ -112,6 +120,7 @@ class FrameBank:
                 f.image = None  # the bank keeps the one copy
                 frames.append(f)
                 pre.append(bool(rec.pre_takeover))
+                takeover.append(ds.kind == "takeover")
                 bar.update(1)
                 if len(frames) % 4096 == 0:
                     _release_freed_memory()
@@ -120,7 +129,8 @@ class FrameBank:
         if images is None or not frames:
             raise DataError(f"no frames in {', '.join(map(str, dirs))}")
         images = images[: len(frames)]
-        return FrameBank(frames, np.asarray(pre, bool), images, [str(d) for d in dirs])
+        sources = [str(d) for d in dirs]
+        return FrameBank(frames, np.asarray(pre, bool), images, sources, np.asarray(takeover, bool))
 
     def languages(self) -> list[str]:
         return [f.language for f in self.frames if f.language]
@@ -133,6 +143,14 @@ class FrameBank:
             if f.path is not None and f.speed_waypoints is not None
         ]
         return np.asarray(rows, np.float32).reshape(-1, 60)
+
+
+def rate_stride(interval_ticks: int, hz: float) -> int:
+    """The stride that takes frames recorded every `interval_ticks` ticks nearest to `hz`."""
+    if hz <= 0:
+        raise DataError(f"frame rate must be positive, got {hz}")
+    recorded_hz = 1.0 / (interval_ticks * TICK_DT)
+    return max(round(recorded_hz / hz), 1)
 
 
 def bucket_weights(frames: Sequence[Frame], weights: dict[str, float] | None = None) -> np.ndarray:
@@ -157,6 +175,25 @@ def bucket_weights(frames: Sequence[Frame], weights: dict[str, float] | None = N
         raise DataError("bucket weights leave no frame with a positive probability")
     per_frame = (member * (share / np.maximum(counts, 1))).sum(1)
     return per_frame / per_frame.sum()
+
+
+def with_takeover_share(probs: np.ndarray, from_takeover: np.ndarray, share: float) -> np.ndarray:
+    """Sampling probabilities rescaled so that takeover frames get `share` of the draws (the rest go to
+    expert frames), each side keeping its bucket weighting: a few thousand takeover frames next to a
+    hundred thousand expert frames would otherwise hardly be drawn."""
+    if not 0.0 <= share <= 1.0:
+        raise DataError(f"takeover_share must be in [0, 1], got {share}")
+    sides = (from_takeover, ~from_takeover)
+    if share > 0 and not from_takeover.any():
+        raise DataError("takeover_share is set but no --data folder holds takeover data")
+    if share < 1 and from_takeover.all():
+        raise DataError("takeover_share < 1 needs expert data, but every --data folder holds takeover data")
+    out = np.zeros_like(probs)
+    for side, part in zip(sides, (share, 1.0 - share), strict=True):
+        mass = probs[side].sum()
+        if part > 0 and mass > 0:
+            out[side] = probs[side] * (part / mass)
+    return out / out.sum()
 
 
 class BatchBuilder:
@@ -221,6 +258,7 @@ class BatchBuilder:
             if f_speed is not None:
                 speed_wps[k], has_speed[k] = f_speed, True
         pre = self.bank.pre_takeover[idx]
+        bev = np.stack([bev_occupancy(f.ego, f.agent_kind, f.agent_box) for f in frames])
         return {
             "image": torch.from_numpy(self.bank.images[idx]),
             "speed": torch.tensor([f.speed for f in frames], dtype=torch.float32),
@@ -237,4 +275,5 @@ class BatchBuilder:
             "instruction": instruction,
             "mode": mode,
             "dreamed": torch.from_numpy(dreamed),
+            "bev": torch.from_numpy(bev),
         }

@@ -29,7 +29,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from learner.data import BatchBuilder, FrameBank, bucket_weights
+from learner.data import BatchBuilder, FrameBank, bucket_weights, with_takeover_share
 from policies.checkpoint import load_policy, resolve_checkpoint
 from policies.vla_config import LOSS_TERMS
 
@@ -45,6 +45,7 @@ class TrainConfig:
     epochs: int = 4
     samples_per_epoch: int = 0  # 0: the number of frames
     frame_stride: int = 1  # load every k-th frame of each recorded segment (memory: ~150 KB a frame)
+    frame_hz: float = 0.0  # > 0: each dataset's own stride to this rate (mixes 5 Hz and 20 Hz data)
     batch_size: int = 32
     lr: float = 3e-4
     weight_decay: float = 0.01
@@ -53,6 +54,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     dream_share: float = 0.2  # share of samples replaced by Action Dreaming samples
     bucket_weights: dict[str, float] = field(default_factory=dict)
+    takeover_share: float = 0.0  # > 0: share of the draws from takeover datasets (else by buckets alone)
     loss_weights: dict[str, float] = field(default_factory=dict)  # VLA: policies.vla_config.LOSS_TERMS
     seed: int = 0
     log_every: int = 10
@@ -93,6 +95,13 @@ class PretrainConfig:
             )
         if tc.frame_stride < 1:
             raise PretrainError(f"train.frame_stride must be a positive integer, got {tc.frame_stride}")
+        if not 0.0 <= tc.takeover_share <= 1.0:
+            raise PretrainError(f"train.takeover_share must be in [0, 1], got {tc.takeover_share}")
+        if tc.frame_hz < 0 or (tc.frame_hz > 0 and tc.frame_stride != 1):
+            raise PretrainError(
+                f"train.frame_hz must be >= 0 and is an alternative to frame_stride (got frame_hz "
+                f"{tc.frame_hz}, frame_stride {tc.frame_stride})"
+            )
         return PretrainConfig(policy=dict(policy), train=tc)
 
     @staticmethod
@@ -246,8 +255,10 @@ def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, re
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
-    bank = FrameBank.load(data, progress=progress, stride=tc.frame_stride)
+    bank = FrameBank.load(data, progress=progress, stride=tc.frame_stride, hz=tc.frame_hz)
     probs = bucket_weights(bank.frames, tc.bucket_weights)
+    if tc.takeover_share > 0:
+        probs = with_takeover_share(probs, bank.from_takeover, tc.takeover_share)
     torch.manual_seed(tc.seed)
     model = load_policy(previous) if previous is not None else build_policy(config.policy, bank)
     model.train()

@@ -19,6 +19,7 @@ log-probabilities are recomputed with gradients by `answer_log_probs` (teacher f
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from policies.bev import BEV_SHAPE
 from policies.checkpoint import WEIGHTS_FILE, CheckpointError, read_config, write_config
 from policies.lean_decoder import LeanCache, LeanQwen2
 from policies.prompts import driving_prompt
@@ -142,6 +144,20 @@ def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, d_out))
 
 
+class BEVHead(nn.Module):
+    """Image tokens (B, T, C) -> BEV occupancy logits (B, *BEV_SHAPE): each token squeezed to a few
+    channels, then one linear map from the whole token grid (where an object lies on the grid decides
+    which cells it fills)."""
+
+    def __init__(self, channels: int, tokens: int, squeeze: int = 16) -> None:
+        super().__init__()
+        self.squeeze = nn.Sequential(nn.Linear(channels, squeeze), nn.GELU())
+        self.out = nn.Linear(tokens * squeeze, math.prod(BEV_SHAPE))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.out(self.squeeze(tokens).flatten(1)).reshape(-1, *BEV_SHAPE)
+
+
 @dataclass
 class Packed:
     """A left-padded batch of VLA sequences."""
@@ -208,6 +224,7 @@ class VLA(nn.Module):
         self.queries = nn.Parameter(torch.randn(cfg.path_points + cfg.speed_points, d) * 0.02)
         self.path_head = _mlp(d, cfg.head_hidden, 2)
         self.speed_head = _mlp(d, cfg.head_hidden, 2)
+        self.bev_head = BEVHead(self.vision.channels, self.vision.num_tokens) if cfg.bev_head else None
         self.set_base_trainable(cfg.lora.train_base)
         tid = tokenizer.convert_tokens_to_ids
         self.ids = {
@@ -367,17 +384,17 @@ class VLA(nn.Module):
         logits = self._answer_logits(hidden[pred_pos])
         targets = packed.ids[packed.answer]
         token_lp = torch.log_softmax(logits, -1).gather(1, targets[:, None])[:, 0]
-        return {
-            "token_log_probs": token_lp,
-            "answer_mask": packed.answer,
-            "path": path,
-            "speed_waypoints": speed,
-        }
+        out = {"token_log_probs": token_lp, "answer_mask": packed.answer, "path": path,
+               "speed_waypoints": speed}  # fmt: skip
+        if self.bev_head is not None:
+            out["bev_logits"] = self.bev_head(image_tokens).float()
+        return out
 
     def training_loss(self, batch: dict, weights: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
         """Cross-entropy on the answer + smooth-L1 on path and speed waypoints (masked per sample) +
-        smooth-L1 on the desired speed the controller reads from the speed waypoints. `weights` scales
-        the terms (`LOSS_TERMS`; "desired_speed" 0 by default, the others 1).
+        smooth-L1 on the desired speed the controller reads from the speed waypoints + binary
+        cross-entropy of the BEV head (`config.bev_head`) against the batch's "bev" occupancy, when both are
+        there. `weights` scales the terms (`LOSS_TERMS`; "desired_speed" 0 by default, the others 1).
 
         Why the desired-speed term: the controller's speed is |wp[2] - wp[0]| / 0.5 s, so braking hinges
         on a few decimetres of the first three speed waypoints, errors that the smooth-L1 over all ten
@@ -409,13 +426,14 @@ class VLA(nn.Module):
         )
         moving = batch["speed"].to(dev).reshape(-1) >= DESIRED_SPEED_MIN_EGO_SPEED
         desired_l = masked_mean(desired, w_speed * moving)
-        return {
-            "loss": w["language"] * lm + w["path"] * path_l + w["speed"] * speed_l
-            + w["desired_speed"] * desired_l,
-            "language": lm.detach(), "path": path_l.detach(), "speed": speed_l.detach(),
-            "desired_speed": desired_l.detach(),
-            "n_action": (w_path > 0).sum().detach(),
-        }  # fmt: skip
+        loss = w["language"] * lm + w["path"] * path_l + w["speed"] * speed_l + w["desired_speed"] * desired_l
+        terms = {"language": lm.detach(), "path": path_l.detach(), "speed": speed_l.detach(),
+                 "desired_speed": desired_l.detach(), "n_action": (w_path > 0).sum().detach()}  # fmt: skip
+        if "bev_logits" in out and "bev" in batch:
+            bev_l = F.binary_cross_entropy_with_logits(out["bev_logits"], batch["bev"].to(dev).float())
+            loss = loss + w["bev"] * bev_l
+            terms["bev"] = bev_l.detach()
+        return {"loss": loss, **terms}
 
     def answer_log_probs(self, batch: dict, answers: list[list[int]]) -> torch.Tensor:
         """(N,) summed log-probabilities of the given answers (teacher forcing, with gradients)."""

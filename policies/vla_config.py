@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 # the VLA's training loss terms and their default weights (VLA.training_loss)
-LOSS_TERMS = {"language": 1.0, "path": 1.0, "speed": 1.0, "desired_speed": 0.0}
+LOSS_TERMS = {"language": 1.0, "path": 1.0, "speed": 1.0, "desired_speed": 0.0, "bev": 1.0}
 
 
 class ConfigError(ValueError):
@@ -71,6 +71,7 @@ class VLAConfig:
     path_points: int = 20  # path queries, 1 m apart
     speed_points: int = 10  # speed-waypoint queries, 0.25 s apart
     head_hidden: int = 256
+    bev_head: bool = False  # auxiliary BEV occupancy head on the image features (training only; policies.bev)
     max_answer_tokens: int = 40
     dtype: str = "float32"  # "float32" | "bfloat16"
 

@@ -13,7 +13,15 @@ from typer.testing import CliRunner
 from envs.dataset import DatasetWriter, open_dataset
 from envs.scene import RoadOption
 from envs.segments import FUTURE_STEPS, Frame, TakeoverSegment
-from learner.data import BatchBuilder, DataError, FrameBank, bucket_weights, derived_tags
+from learner.data import (
+    BatchBuilder,
+    DataError,
+    FrameBank,
+    bucket_weights,
+    derived_tags,
+    rate_stride,
+    with_takeover_share,
+)
 from learner.pretrain import PretrainConfig, PretrainError, budget_step, lr_factor, pretrain
 from policies.checkpoint import CheckpointError, load_policy
 from takeover.cli import app
@@ -179,6 +187,47 @@ def test_bank_stride_keeps_every_kth_frame_of_each_segment(dataset):
     assert [f.tick for f in half.frames[:10]] == [0, 8, 16, 24, 32, 40, 48, 56, 64, 72]  # segment r0 ...
     assert half.frames[10].tick == 0 and half.frames[10].route_id == "r1"  # ... then r1 from its start
     np.testing.assert_array_equal(half.images[3], full.images[6])
+
+
+def test_frame_rate_gives_each_dataset_its_own_stride(dataset, tmp_path):
+    # takeover data recorded every 20 Hz tick next to expert data at 5 Hz (ticks 4 apart)
+    fast = tmp_path / "takeover_20hz"
+    with DatasetWriter(fast, kind="takeover", shard_frames=16) as w:
+        frames = [straight_frame(i, 0.0) for i in range(24)]
+        for i, f in enumerate(frames):
+            f.tick = 100 + i
+        w.add_segment(TakeoverSegment("t0", "follow", 104, "r9", "grid", frames, np.arange(24) < 4))
+    assert open_dataset(dataset).frame_interval() == 4 and open_dataset(fast).frame_interval() == 1
+    assert rate_stride(4, 2.5) == 2 and rate_stride(1, 2.5) == 8 and rate_stride(4, 10.0) == 1
+    bank = FrameBank.load([dataset, fast], progress=False, hz=2.5)
+    assert len(bank) == 30 + 3
+    ticks = [f.tick for f in bank.frames[30:]]
+    assert ticks == [100, 108, 116] and bank.pre_takeover[30:].tolist() == [True, False, False]
+    # takeover frames get their share of the draws, each side keeping its bucket weighting
+    assert bank.from_takeover.tolist() == [False] * 30 + [True] * 3
+    probs = bucket_weights(bank.frames)
+    mixed = with_takeover_share(probs, bank.from_takeover, 0.25)
+    assert mixed[30:].sum() == pytest.approx(0.25) and mixed.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(mixed[:30] / mixed[:30].sum(), probs[:30] / probs[:30].sum())
+    expert_only = FrameBank.load([dataset], progress=False)
+    with pytest.raises(DataError, match="no --data folder holds takeover data"):
+        with_takeover_share(bucket_weights(expert_only.frames), expert_only.from_takeover, 0.2)
+    with pytest.raises(PretrainError, match="takeover_share must be in"):
+        PretrainConfig.from_dict({"train": {"takeover_share": 1.5}})
+    with pytest.raises(PretrainError, match="alternative to frame_stride"):
+        PretrainConfig.from_dict({"train": {"frame_stride": 2, "frame_hz": 2.5}})
+
+
+def test_batches_carry_the_bev_occupancy_of_each_frame(dataset):
+    from policies.bev import BEV_SHAPE
+
+    bank = FrameBank.load([dataset], progress=False)
+    f = bank.frames[0]
+    f.agent_kind = np.array([0], np.int8)
+    f.agent_box = np.array([[11.0, 0.0, 0.0, 2.4, 1.0]])  # a car 11 m ahead
+    batch = BatchBuilder(bank).build([0, 1])
+    assert batch["bev"].shape == (2, *BEV_SHAPE)
+    assert batch["bev"][0, 0].sum() == 6 and batch["bev"][1].sum() == 0
 
 
 def test_bad_configs_and_data_are_clear_errors(tmp_path, dataset):

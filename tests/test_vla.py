@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -246,6 +247,34 @@ def test_loss_weights_scale_the_terms(tokenizer):
     torch.testing.assert_close(weighted["loss"], expected)
     with pytest.raises(ValueError, match="unknown loss weights"):
         model.training_loss(batch, {"waypoints": 2.0})
+
+
+def test_bev_head_is_an_auxiliary_loss_on_the_image_features(tokenizer):
+    from policies.bev import BEV_SHAPE
+
+    torch.manual_seed(6)
+    batch = make_batch(2)
+    batch["bev"] = (torch.rand(2, *BEV_SHAPE, generator=torch.Generator().manual_seed(1)) < 0.1).float()
+    plain = VLA(small_config(), tokenizer)
+    assert plain.bev_head is None and "bev" not in plain.training_loss(batch)  # no head: the target is unused
+    model = VLA(dataclasses.replace(small_config(), bev_head=True), tokenizer)
+    out = model.training_loss(batch)
+    torch.testing.assert_close(out["loss"], out["language"] + out["path"] + out["speed"] + out["bev"])
+    without = model.training_loss(batch, {"bev": 0.0})
+    torch.testing.assert_close(without["loss"], out["loss"] - out["bev"])
+    # its gradient trains the vision encoder (the point of it) and leaves the LLM alone
+    model.zero_grad()
+    model.training_loss(batch, {"language": 0.0, "path": 0.0, "speed": 0.0})["loss"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.vision.parameters())
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.llm.parameters())
+    opt = torch.optim.AdamW(model.bev_head.parameters(), lr=1e-2)
+    first = float(out["bev"])
+    for _ in range(100):
+        opt.zero_grad()
+        loss = model.training_loss(batch, {"language": 0.0, "path": 0.0, "speed": 0.0})
+        loss["loss"].backward()
+        opt.step()
+    assert float(loss["bev"]) < 0.3 * first
 
 
 def test_desired_speed_term_is_the_controllers_speed(tokenizer):
