@@ -10,7 +10,8 @@ indices into a batch dict:
     image (B, 3, H, W) uint8, speed (B,), target_points (B, 2, 2), command (B,), path (B, 20, 2),
     speed_waypoints (B, 10, 2), has_path / has_speed_waypoints (B,) bool, action_weight (B,) float
     (1 - m: 0 on pre-takeover frames, which supervise language only), language / instruction / mode
-    (lists of str), dreamed (B,) bool, bev (B, C, rows, cols) float occupancy ahead (`policies.bev`)
+    (lists of str), dreamed (B,) bool, and with `bev` on: bev (B, C, rows, cols) occupancy ahead
+    (`policies.bev`)
 
 With probability `dream_share` a sample is replaced by an Action Dreaming one (SimLingo): an alternative
 future of the frame (`envs.action_dreaming`) with an instruction in the prompt; in "instruction_following"
@@ -199,10 +200,11 @@ def with_takeover_share(probs: np.ndarray, from_takeover: np.ndarray, share: flo
 class BatchBuilder:
     """Frame indices -> a batch dict (see the module docstring); Action Dreaming samples mixed in."""
 
-    def __init__(self, bank: FrameBank, dream_share: float = 0.0, seed: int = 0) -> None:
+    def __init__(self, bank: FrameBank, dream_share: float = 0.0, seed: int = 0, bev: bool = False) -> None:
         if not 0.0 <= dream_share <= 1.0:
             raise DataError(f"dream_share must be in [0, 1], got {dream_share}")
         self.bank = bank
+        self.bev = bev  # add the BEV occupancy targets (for a VLA with `bev_head`)
         self.dream_share = dream_share
         self.rng = np.random.default_rng(seed)
         self._dreams: dict[int, list] = {}
@@ -258,8 +260,7 @@ class BatchBuilder:
             if f_speed is not None:
                 speed_wps[k], has_speed[k] = f_speed, True
         pre = self.bank.pre_takeover[idx]
-        bev = np.stack([bev_occupancy(f.ego, f.agent_kind, f.agent_box) for f in frames])
-        return {
+        batch = {
             "image": torch.from_numpy(self.bank.images[idx]),
             "speed": torch.tensor([f.speed for f in frames], dtype=torch.float32),
             "target_points": torch.from_numpy(
@@ -275,5 +276,8 @@ class BatchBuilder:
             "instruction": instruction,
             "mode": mode,
             "dreamed": torch.from_numpy(dreamed),
-            "bev": torch.from_numpy(bev),
         }
+        if self.bev:
+            bev = [bev_occupancy(f.ego, f.agent_kind, f.agent_box) for f in frames]
+            batch["bev"] = torch.from_numpy(np.stack(bev))
+        return batch

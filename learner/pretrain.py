@@ -284,7 +284,9 @@ def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, re
         sched.load_state_dict(saved["scheduler"])
         state = {k: saved[k] for k in state}
         print(f"resuming from {previous.name} (epoch {state['epoch']}, step {state['step']})")
-    builder = BatchBuilder(bank, tc.dream_share, seed=tc.seed + state["epoch"])
+    builder = BatchBuilder(
+        bank, tc.dream_share, seed=tc.seed + state["epoch"], bev=getattr(model, "bev_head", None) is not None
+    )
     writer = SummaryWriter(str(run / "tensorboard"), purge_step=state["step"] or None)
     metrics = (run / "metrics.jsonl").open("a")
     n_params = sum(p.numel() for p in params)

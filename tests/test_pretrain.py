@@ -225,9 +225,21 @@ def test_batches_carry_the_bev_occupancy_of_each_frame(dataset):
     f = bank.frames[0]
     f.agent_kind = np.array([0], np.int8)
     f.agent_box = np.array([[11.0, 0.0, 0.0, 2.4, 1.0]])  # a car 11 m ahead
-    batch = BatchBuilder(bank).build([0, 1])
+    assert "bev" not in BatchBuilder(bank).build([0, 1])  # only for a VLA with the head
+    batch = BatchBuilder(bank, bev=True).build([0, 1])
     assert batch["bev"].shape == (2, *BEV_SHAPE)
     assert batch["bev"][0, 0].sum() == 6 and batch["bev"][1].sum() == 0
+
+
+def test_pretrain_trains_the_bev_head_when_configured(dataset, tmp_path):
+    policy = {**SMALL_VLA, "config": {**SMALL_VLA["config"], "bev_head": True}}
+    cfg = PretrainConfig.from_dict({
+        "policy": policy, "train": {"epochs": 1, "samples_per_epoch": 16, "batch_size": 8, "log_every": 1},
+    })  # fmt: skip
+    run = pretrain([dataset], cfg, tmp_path / "run", progress=False)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all("bev" in r for r in rows)
+    assert load_policy(run / "checkpoints" / "epoch_001").bev_head is not None
 
 
 def test_bad_configs_and_data_are_clear_errors(tmp_path, dataset):
