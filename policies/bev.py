@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from envs.geometry import to_ego_frame
 from envs.scene import AgentKind
 
 BEV_AHEAD = 32.0  # m
@@ -30,7 +31,7 @@ BEV_SHAPE = (len(BEV_CLASSES), BEV_ROWS, BEV_COLS)
 
 _CELL_X = (np.arange(BEV_ROWS) + 0.5) * BEV_CELL
 _CELL_Y = (np.arange(BEV_COLS) + 0.5) * BEV_CELL - BEV_HALF_WIDTH
-_CX, _CY = (a.ravel() for a in np.meshgrid(_CELL_X, _CELL_Y, indexing="ij"))
+_CELLS = np.stack([a.ravel() for a in np.meshgrid(_CELL_X, _CELL_Y, indexing="ij")], axis=-1)  # (R*C, 2)
 _CHANNEL_OF_KIND = {int(k): c for c, kinds in enumerate(BEV_CLASSES.values()) for k in kinds}
 
 
@@ -41,20 +42,15 @@ def bev_occupancy(ego: np.ndarray, agent_kind: np.ndarray, agent_box: np.ndarray
     boxes = np.asarray(agent_box, np.float64).reshape(-1, 5)
     if not len(boxes):
         return grid.reshape(BEV_SHAPE)
-    ex, ey, eyaw = float(ego[0]), float(ego[1]), float(ego[2])
-    c, s = np.cos(eyaw), np.sin(eyaw)
-    dx, dy = boxes[:, 0] - ex, boxes[:, 1] - ey
-    ax, ay = c * dx + s * dy, -s * dx + c * dy  # agent centres in the ego frame
+    eyaw = float(ego[2])
+    ax, ay = to_ego_frame(boxes[:, :2], float(ego[0]), float(ego[1]), eyaw).T  # agent centres, ego frame
     reach = np.hypot(boxes[:, 3], boxes[:, 4]) + BEV_CELL
     near = (ax > -reach) & (ax < BEV_AHEAD + reach) & (np.abs(ay) < BEV_HALF_WIDTH + reach)
     for k in np.flatnonzero(near):
         channel = _CHANNEL_OF_KIND.get(int(agent_kind[k]))
         if channel is None:
             continue
-        yaw = boxes[k, 2] - eyaw
-        ox, oy = _CX - ax[k], _CY - ay[k]  # cell centres relative to the agent, in its own frame
-        lx = np.cos(yaw) * ox + np.sin(yaw) * oy
-        ly = -np.sin(yaw) * ox + np.cos(yaw) * oy
+        lx, ly = to_ego_frame(_CELLS, ax[k], ay[k], boxes[k, 2] - eyaw).T  # cell centres, agent's frame
         half = 0.5 * BEV_CELL
         inside = (np.abs(lx) <= boxes[k, 3] + half) & (np.abs(ly) <= boxes[k, 4] + half)
         grid[channel, inside] = 1.0
