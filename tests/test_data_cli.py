@@ -169,3 +169,48 @@ def test_collect_takeover_keeps_finished_segments_when_the_simulator_dies(tmp_pa
     assert "simulation failed" in res.output and "SUMO died" in res.output
     (seg,) = open_dataset(out).segments()  # finalised at tick 56 (2 s after its last frame), then written
     assert seg.trigger == "fire_at_ten" and len(seg.frames) == 10 and not seg.info["truncated"]
+
+
+SIGTERM_CHILD = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from test_dataset import make_segment
+from envs.dataset import DatasetWriter
+from takeover.collect import CollectJob
+from takeover.data_cli import _run_collect
+
+def collect(job):  # the shape of collect_expert / collect_takeover: a writer closed in `finally`
+    writer = DatasetWriter(job.out, kind="takeover", shard_frames=10_000)
+    try:
+        writer.add_segment(make_segment(3))  # buffered: far below shard_frames
+        print("buffered", flush=True)
+        time.sleep(60)
+    finally:
+        writer.close()
+
+_run_collect(collect, CollectJob(map="urban_grid", out={out!r}))
+"""
+
+
+def test_sigterm_during_collection_writes_the_buffered_segments(tmp_path):
+    """A scheduler's SIGTERM ends a collection with exit status 143 after its writer flushed what it held,
+    instead of killing it with the segments of the unflushed shard lost."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "takeover"
+    script = SIGTERM_CHILD.format(tests=str(Path(__file__).parent), out=str(out))
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline().strip() == "buffered", child.stderr.read()
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 143, err
+    assert "SIGTERM" in err
+    (seg,) = open_dataset(out).segments()
+    assert seg.segment_id == "seg3" and len(seg.frames) == 6
