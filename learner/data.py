@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from envs.buckets import BUCKETS, TICK_DT
-from envs.dataset import open_dataset
+from envs.dataset import Dataset, open_dataset
 from envs.segments import Frame
 from policies.bev import bev_occupancy
 from policies.prompts import FOLLOW_ANSWER, INSTRUCTIONS, REFUSE_ANSWER, REFUSE_REASONS
@@ -91,16 +91,22 @@ class FrameBank:
 
     @staticmethod
     def load(
-        dirs: Sequence[str | Path], progress: bool = True, stride: int = 1, hz: float = 0.0
+        dirs: Sequence[str | Path],
+        progress: bool = True,
+        stride: int = 1,
+        hz: float = 0.0,
+        takeover_hz: float = 0.0,
     ) -> FrameBank:
         """Read the datasets; with `stride` k only every k-th frame of each segment. With `hz` > 0 each
         dataset gets its own stride instead, the one that brings its recording rate nearest to `hz`
-        (expert data at 5 Hz and takeover data at 20 Hz mixed at one rate)."""
+        (expert data at 5 Hz and takeover data at 20 Hz mixed at one rate). `takeover_hz` > 0 sets the
+        rate of takeover datasets alone: their segments are short (a few seconds each), so they can keep
+        more of their frames than long expert drives in the same memory."""
         frames: list[Frame] = []
         pre: list[bool] = []
         takeover: list[bool] = []
         datasets = [open_dataset(d) for d in dirs]
-        strides = [rate_stride(ds.frame_interval(), hz) if hz > 0 else stride for ds in datasets]
+        strides = [_dataset_stride(ds, stride, hz, takeover_hz) for ds in datasets]
         counts = [ds.count(k) for ds, k in zip(datasets, strides, strict=True)]
         total = sum(counts)
         images: np.ndarray | None = None  # filled in place: one copy of the pixels, not two
@@ -144,6 +150,12 @@ class FrameBank:
             if f.path is not None and f.speed_waypoints is not None
         ]
         return np.asarray(rows, np.float32).reshape(-1, 60)
+
+
+def _dataset_stride(ds: Dataset, stride: int, hz: float, takeover_hz: float) -> int:
+    if takeover_hz > 0 and ds.kind == "takeover":
+        return rate_stride(ds.frame_interval(), takeover_hz)
+    return rate_stride(ds.frame_interval(), hz) if hz > 0 else stride
 
 
 def rate_stride(interval_ticks: int, hz: float) -> int:

@@ -46,6 +46,7 @@ class TrainConfig:
     samples_per_epoch: int = 0  # 0: the number of frames
     frame_stride: int = 1  # load every k-th frame of each recorded segment (memory: ~150 KB a frame)
     frame_hz: float = 0.0  # > 0: each dataset's own stride to this rate (mixes 5 Hz and 20 Hz data)
+    takeover_frame_hz: float = 0.0  # > 0: the rate of takeover datasets alone (their segments are short)
     batch_size: int = 32
     lr: float = 3e-4
     weight_decay: float = 0.01
@@ -102,6 +103,8 @@ class PretrainConfig:
                 f"train.frame_hz must be >= 0 and is an alternative to frame_stride (got frame_hz "
                 f"{tc.frame_hz}, frame_stride {tc.frame_stride})"
             )
+        if tc.takeover_frame_hz < 0:
+            raise PretrainError(f"train.takeover_frame_hz must be >= 0, got {tc.takeover_frame_hz}")
         return PretrainConfig(policy=dict(policy), train=tc)
 
     @staticmethod
@@ -255,7 +258,9 @@ def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, re
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
-    bank = FrameBank.load(data, progress=progress, stride=tc.frame_stride, hz=tc.frame_hz)
+    bank = FrameBank.load(
+        data, progress=progress, stride=tc.frame_stride, hz=tc.frame_hz, takeover_hz=tc.takeover_frame_hz
+    )
     probs = bucket_weights(bank.frames, tc.bucket_weights)
     if tc.takeover_share > 0:
         probs = with_takeover_share(probs, bank.from_takeover, tc.takeover_share)

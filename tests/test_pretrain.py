@@ -203,6 +203,11 @@ def test_frame_rate_gives_each_dataset_its_own_stride(dataset, tmp_path):
     assert len(bank) == 30 + 3
     ticks = [f.tick for f in bank.frames[30:]]
     assert ticks == [100, 108, 116] and bank.pre_takeover[30:].tolist() == [True, False, False]
+    # takeover data at its own, higher rate; expert data stays at frame_hz (or at frame_stride)
+    dense = FrameBank.load([dataset, fast], progress=False, hz=2.5, takeover_hz=5.0)
+    assert len(dense) == 30 + 6 and [f.tick for f in dense.frames[30:]] == [100, 104, 108, 112, 116, 120]
+    strided = FrameBank.load([dataset, fast], progress=False, stride=3, takeover_hz=10.0)
+    assert len(strided) == open_dataset(dataset).count(3) + 12
     # takeover frames get their share of the draws, each side keeping its bucket weighting
     assert bank.from_takeover.tolist() == [False] * 30 + [True] * 3
     probs = bucket_weights(bank.frames)
@@ -216,6 +221,8 @@ def test_frame_rate_gives_each_dataset_its_own_stride(dataset, tmp_path):
         PretrainConfig.from_dict({"train": {"takeover_share": 1.5}})
     with pytest.raises(PretrainError, match="alternative to frame_stride"):
         PretrainConfig.from_dict({"train": {"frame_stride": 2, "frame_hz": 2.5}})
+    with pytest.raises(PretrainError, match="takeover_frame_hz must be >= 0"):
+        PretrainConfig.from_dict({"train": {"takeover_frame_hz": -1}})
 
 
 def test_batches_carry_the_bev_occupancy_of_each_frame(dataset):
