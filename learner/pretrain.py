@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -242,8 +243,10 @@ def plot_curve(run: Path) -> Path | None:
 
 
 def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, resume: bool = False,
-             progress: bool = True) -> Path:  # fmt: skip
-    """Train and return the run folder. With `resume`, continue from the run's newest checkpoint."""
+             progress: bool = True, stop: threading.Event | None = None) -> Path:  # fmt: skip
+    """Train and return the run folder. With `resume`, continue from the run's newest checkpoint. When
+    `stop` is set (the CLI sets it on SIGTERM) the run ends after the current step with a checkpoint, as
+    at the end of `max_minutes`."""
     from torch.utils.tensorboard import SummaryWriter
 
     run = Path(out)
@@ -300,7 +303,7 @@ def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, re
         f"{per_epoch} steps x {tc.epochs} epochs"
     )
     loss_args = {"weights": tc.loss_weights} if tc.loss_weights else {}  # the planner's loss takes none
-    stop = False
+    halt = ""  # why the run ends before its last epoch
     t_start = time.perf_counter() - state["minutes"] * 60
     try:
         for epoch in range(state["epoch"], tc.epochs):
@@ -320,7 +323,11 @@ def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, re
                 sched.step()
                 state["step"] += 1
                 state["minutes"] = (time.perf_counter() - t_start) / 60
-                if state["step"] % tc.log_every == 0 or b == per_epoch - 1:
+                if tc.max_minutes and state["minutes"] >= tc.max_minutes:
+                    halt = "max_minutes"
+                elif stop is not None and stop.is_set():
+                    halt = "stopped from outside"
+                if state["step"] % tc.log_every == 0 or b == per_epoch - 1 or halt:
                     row = {k: float(v.detach()) for k, v in losses.items()}
                     row.update(
                         step=state["step"],
@@ -334,17 +341,14 @@ def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, re
                         if k not in ("step", "epoch"):
                             writer.add_scalar(f"pretrain/{k}", v, state["step"])
                     bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.1e}")
-                if tc.max_minutes and state["minutes"] >= tc.max_minutes:
-                    stop = True
+                if halt:
                     break
-            state["epoch"] = epoch + 1 if not stop else epoch
-            name = f"epoch_{epoch + 1:03d}" if not stop else f"epoch_{epoch + 1:03d}_partial"
+            state["epoch"] = epoch + 1 if not halt else epoch
+            name = f"epoch_{epoch + 1:03d}" if not halt else f"epoch_{epoch + 1:03d}_partial"
             _save_epoch(run, name, model, opt, sched, state)
-            if stop:
-                print(
-                    f"stopped after {state['minutes']:.1f} min (max_minutes); "
-                    f"resume continues epoch {epoch + 1}"
-                )
+            if halt:
+                minutes = state["minutes"]
+                print(f"stopped after {minutes:.1f} min ({halt}); resume continues epoch {epoch + 1}")
                 break
     finally:
         metrics.close()

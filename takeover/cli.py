@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from takeover.cli_errors import SIGTERM_EXIT_STATUS, on_sigterm
 from takeover.cli_errors import fail as _fail
 from takeover.data_cli import collect_app, data_app
 from takeover.scenarios_cli import scenarios_app
@@ -109,7 +110,10 @@ def pretrain(
     epochs: int | None = typer.Option(None, "--epochs", help="Override train.epochs."),
     max_minutes: float | None = typer.Option(None, "--max-minutes", help="Override train.max_minutes."),
 ) -> None:
-    """Imitation pre-training of the VLA or the compact planner on expert data."""
+    """Imitation pre-training of the VLA or the compact planner on expert data. SIGTERM stops it after the
+    current step with a checkpoint (`--resume` continues) and exit status 143."""
+    import threading
+
     from envs.dataset import DatasetError
     from learner.data import DataError
     from learner.pretrain import PretrainConfig, PretrainError
@@ -122,9 +126,14 @@ def pretrain(
             cfg.train.epochs = epochs
         if max_minutes is not None:
             cfg.train.max_minutes = max_minutes
-        run = run_pretrain([str(d) for d in data], cfg, out, resume=resume)
+        stop = threading.Event()
+        with on_sigterm(stop.set):
+            run = run_pretrain([str(d) for d in data], cfg, out, resume=resume, stop=stop)
     except (PretrainError, DataError, DatasetError, CheckpointError, FileNotFoundError) as exc:
         _fail(str(exc))
+    if stop.is_set():
+        typer.secho(f"terminated (SIGTERM): checkpoint written, `--resume` continues {run}", err=True)
+        raise typer.Exit(SIGTERM_EXIT_STATUS)
     typer.echo(f"checkpoints in {run}/checkpoints (latest: {(run / 'checkpoints' / 'latest').read_text()}); "
                f"curve: {run}/training_curve.png")
 

@@ -18,8 +18,8 @@ import typer
 from envs.geometry import box_corners
 from envs.perturbation import PerturbationConfig
 from envs.segments import Frame, TakeoverSegment
+from takeover.cli_errors import exit_now, on_sigterm
 from takeover.cli_errors import fail as _fail
-from takeover.cli_errors import sigterm_as_exit
 from takeover.collect import CollectJob, collect_expert, collect_takeover
 
 collect_app = typer.Typer(help="Record datasets: expert driving and takeovers.", no_args_is_help=True)
@@ -188,14 +188,14 @@ def inspect_dataset(
 # ------------------------------------------------------------------------------------ commands
 def _run_collect(collect: Callable[[CollectJob], dict], job: CollectJob) -> None:
     """Run a collection job; bad input and a failed simulator become a one-line error (exit 2). SIGTERM
-    ends the job with what it has buffered written (`sigterm_as_exit`)."""
+    ends the job with what it has buffered written (`exit_now`)."""
     from envs.dataset import DatasetError
     from envs.maps.build import MapError
     from envs.routes import RouteFileError
     from envs.sumo_backend import SimulatorError
 
     try:
-        with sigterm_as_exit():
+        with on_sigterm(exit_now):
             collect(job)
     except (MapError, RouteFileError, SimulatorError, DatasetError, ValueError) as exc:
         _fail(str(exc))

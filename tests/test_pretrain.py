@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -150,6 +151,43 @@ def test_pretrain_writes_checkpoints_logs_and_resumes(dataset, tmp_path):
     (run / "checkpoints" / "latest").write_text("epoch_009")
     with pytest.raises(CheckpointError, match="points to epoch_009, which does not exist"):
         load_policy(run)
+
+
+def test_sigterm_stops_pretraining_with_a_checkpoint_that_resumes(dataset, tmp_path):
+    """`takeover pretrain` on SIGTERM (a scheduler's preemption): the step ends, a partial checkpoint is
+    written, exit status 143, and `--resume` continues from it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = {"policy": SMALL_VLA, "train": {"epochs": 1000, "samples_per_epoch": 32, "batch_size": 8}}
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "takeover.cli", "pretrain", "--data", str(dataset), "--config", str(cfg_file),
+           "--out", str(run)]
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        line = child.stdout.readline()  # "N frames, M trainable parameters, ...": the loop starts next
+        assert "trainable parameters" in line, child.stderr.read()
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 143, err
+    assert "stopped from outside" in out and "--resume" in err
+    name = (run / "checkpoints" / "latest").read_text()
+    assert name.endswith("_partial") and load_policy(run).architecture == "vla"
+    steps = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+    stop = threading.Event()
+    stop.set()  # resume, stopped again after one step: the step count goes on from the checkpoint
+    small = PretrainConfig.from_dict(cfg)
+    pretrain([dataset], small, run, resume=True, progress=False, stop=stop)
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == steps + 1
 
 
 def test_pretrain_trains_the_compact_planner_too(dataset, tmp_path):
