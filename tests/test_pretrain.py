@@ -167,8 +167,8 @@ def test_sigterm_stops_pretraining_with_a_checkpoint_that_resumes(dataset, tmp_p
     cfg_file = tmp_path / "cfg.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg))
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "takeover.cli", "pretrain", "--data", str(dataset), "--config", str(cfg_file),
-           "--out", str(run)]
+    cmd = [sys.executable, "-m", "takeover.cli", "pretrain", "--data", str(dataset),
+           "--config", str(cfg_file), "--out", str(run)]
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
