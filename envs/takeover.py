@@ -5,7 +5,11 @@ Every tick both the policy and the expert compute their outputs (`act(obs, scene
 Scene only when it is `privileged`). While the policy drives, the triggers (`envs.triggers`) are checked;
 when one fires at tick t the expert's control is applied from tick t on for `t_take` ticks (t .. t +
 t_take - 1), then control returns to the policy and every trigger is reset. Triggers are not checked
-while the expert drives.
+while the expert drives. When the takeover ends with the ego standing (speed below `hold_speed`: behind
+a queue, at a red light, before an obstacle the expert waits at), the expert keeps control, unrecorded,
+until the ego moves again, as a safety driver would: handing a standing car back to a policy that wants
+to creep forward makes the same takeover fire again every t_take ticks, and on the VLA's own takeovers
+such repeats were 44 % of the segments (330 of 753), all of them the same few standstills.
 
 A segment holds the frames t - t_pre .. t + t_take - 1 (fewer pre frames when the episode is younger
 than t_pre ticks; fewer takeover frames when it ends during the takeover, then `info["truncated"]`):
@@ -66,6 +70,7 @@ class TakeoverConfig:
     record_images: bool = True
     max_ticks: int | None = None  # stop the episode after this many ticks (None = the env decides)
     max_segments: int | None = None  # stop the episode after this many segments
+    hold_speed: float = 0.5  # m/s: after t_take the expert keeps control while the ego is slower (0: never)
 
     @staticmethod
     def from_dict(d: dict | None) -> TakeoverConfig:
@@ -129,6 +134,7 @@ class TakeoverCollector:
         open_segs: list[_Open] = []
         done: list[TakeoverSegment] = []
         take_left = 0
+        holding = False  # the expert keeps control past t_take while the ego stands (hold_speed)
         current: _Open | None = None
         n_ticks = 0
         ended = False
@@ -140,8 +146,12 @@ class TakeoverCollector:
                 snapshots[tick] = snapshot(scene)
                 pol = self.policy.act(obs, scene if getattr(self.policy, "privileged", False) else None)
                 exp = self.expert.act(obs, scene)
+                if holding and scene.ego.speed >= cfg.hold_speed:
+                    holding = False
+                    for trig in self.triggers:
+                        trig.reset()
                 room = cfg.max_segments is None or len(done) + len(open_segs) < cfg.max_segments
-                if take_left == 0 and room:
+                if take_left == 0 and not holding and room:
                     info = TickInfo(tick, float(scene.time), float(scene.dt), scene, obs, pol, exp)
                     fired = [t for t in self.triggers if t.update(info)]
                     if fired:
@@ -149,13 +159,13 @@ class TakeoverCollector:
                         open_segs.append(current)
                         history.clear()
                         take_left = cfg.t_take
-                if take_left > 0:
+                if take_left > 0 or holding:
                     out, driver = exp, "expert"
                 else:
                     out, driver = pol, "policy"
-                frame = self._frame(scene, obs, pol, exp, out, driver, route, town)
                 self.log.append((tick, driver))
                 if take_left > 0 and current is not None:
+                    frame = self._frame(scene, obs, pol, exp, out, driver, route, town)
                     self._label(frame, exp, current.segment.trigger, tick, is_pre=False)
                     current.segment.frames.append(frame)
                     current.expert_outputs.append(exp)
@@ -164,10 +174,11 @@ class TakeoverCollector:
                     if take_left == 0:
                         current.complete = True
                         current = None
+                        holding = cfg.hold_speed > 0 and scene.ego.speed < cfg.hold_speed
                         for trig in self.triggers:
                             trig.reset()
-                else:
-                    history.append((frame, exp))
+                elif not holding:  # a hold is not recorded, nor is it the next segment's pre-takeover run
+                    history.append((self._frame(scene, obs, pol, exp, out, driver, route, town), exp))
                 _, _, terminated, truncated, _ = env.step(out.control.as_array())
                 n_ticks += 1
                 if self.on_tick is not None:

@@ -90,7 +90,8 @@ def default_expert_agent() -> str:
 @dataclass
 class CollectJob:
     """What to collect and where. `agent` is the expert (the driver for expert data, the shadow expert
-    for takeovers); `policy`, `triggers`, `t_pre` and `t_take` are used by takeover collection only."""
+    for takeovers); `policy`, `triggers`, `t_pre`, `t_take` and `hold_speed` are used by takeover
+    collection only."""
 
     map: str
     out: Path
@@ -110,6 +111,7 @@ class CollectJob:
     triggers: list[str] | None = None  # None = TakeoverConfig's default (follow, collision, restart)
     t_pre: int = 20
     t_take: int = 50
+    hold_speed: float = 0.5  # envs.takeover.TakeoverConfig.hold_speed
     perturbation: PerturbationConfig | None = None  # expert collection only: DART-style noise injection
     log: Callable[[str], None] = field(default=print)
 
@@ -310,7 +312,7 @@ def collect_takeover(job: CollectJob) -> dict:
     expert = make_agent(expert_name)
     if not getattr(expert, "privileged", False):
         raise ValueError(f"shadow expert {expert_name!r} is not privileged; it must read the Scene")
-    config = TakeoverConfig(t_pre=job.t_pre, t_take=job.t_take,
+    config = TakeoverConfig(t_pre=job.t_pre, t_take=job.t_take, hold_speed=job.hold_speed,
                             triggers=list(job.triggers) if job.triggers else TakeoverConfig().triggers)
     writer = DatasetWriter(job.out, kind="takeover", shard_frames=job.shard_frames,
                            image_format=job.image_format)

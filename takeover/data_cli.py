@@ -309,6 +309,10 @@ def collect_takeover_cmd(
     ),
     t_pre: int = typer.Option(20, "--t-pre"),
     t_take: int = typer.Option(50, "--t-take"),
+    hold_speed: float = typer.Option(
+        0.5, "--hold-speed",
+        help="After a takeover the expert keeps control while the ego is slower than this (m/s; 0: no hold).",
+    ),
     num_routes: int = typer.Option(2, "--num-routes", help="Random routes when --routes is not given."),
     vehicles: int = typer.Option(20, "--vehicles"),
     pedestrians: int = typer.Option(5, "--pedestrians"),
@@ -321,6 +325,8 @@ def collect_takeover_cmd(
     (`envs.takeover.TakeoverCollector`)."""
     if t_take < 1 or t_pre < 0:
         _fail(f"--t-take must be >= 1 and --t-pre >= 0 (got {t_take}, {t_pre})")
+    if hold_speed < 0:
+        _fail(f"--hold-speed must be >= 0 (got {hold_speed})")
     job = CollectJob(
         map=map,
         out=out,
@@ -331,6 +337,7 @@ def collect_takeover_cmd(
         triggers=list(trigger) if trigger else None,
         t_pre=t_pre,
         t_take=t_take,
+        hold_speed=hold_speed,
         num_routes=num_routes,
         seed=seed,
         vehicles=vehicles,

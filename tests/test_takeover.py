@@ -465,3 +465,37 @@ def test_frames_carry_the_local_map(make_env):
 
     drive(env, make_agent("lane_follow"), 400, on_step=check)
     assert len(checked) >= 10 and max(checked) > 0  # junction-internal lanes were among them
+
+
+class StandThenGoEnv(ScriptedEnv):
+    """ScriptedEnv whose ego stands until tick 30, then drives at 3 m/s."""
+
+    def _make(self, tick: int) -> None:
+        super()._make(tick)
+        self.scene.ego.speed = 0.0 if tick < 30 else 3.0
+
+
+class AlwaysFires:
+    name = "always"
+
+    def reset(self) -> None:
+        pass
+
+    def update(self, info) -> bool:
+        return True
+
+
+def test_expert_keeps_control_while_the_ego_stands_after_a_takeover():
+    """A policy that re-triggers at a standstill (the VLA creeping behind a queue) gets the car back only
+    once the expert has moved off; without the hold the same takeover repeats every t_take ticks."""
+    policy, expert = make_agent("constant", throttle=0.0), make_agent("constant")
+    no_hold = TakeoverCollector(StandThenGoEnv(), policy, expert,
+                                TakeoverConfig(t_pre=0, t_take=10, hold_speed=0.0), triggers=[AlwaysFires()])
+    assert [s.trigger_tick for s in no_hold.run_episode()] == [0, 10, 20, 30, 40, 50]
+    col = TakeoverCollector(StandThenGoEnv(), policy, expert, TakeoverConfig(t_pre=0, t_take=10),
+                            triggers=[AlwaysFires()])
+    segs = col.run_episode()
+    # 0..9 recorded, 10..29 held (standing, unrecorded); from tick 30 the ego moves, so each takeover
+    # hands back at once and the trigger fires again
+    assert [s.trigger_tick for s in segs] == [0, 30, 40, 50] and [len(s.frames) for s in segs] == [10] * 4
+    assert [t for t, driver in col.log if driver == "expert"] == list(range(60))
