@@ -9,7 +9,7 @@ while the expert drives. When the takeover ends with the ego standing (speed bel
 a queue, at a red light, before an obstacle the expert waits at), the expert keeps control, unrecorded,
 until the ego moves again, as a safety driver would: handing a standing car back to a policy that wants
 to creep forward makes the same takeover fire again every t_take ticks, and on the VLA's own takeovers
-such repeats were 44 % of the segments (330 of 753), all of them the same few standstills.
+such repeats were 44 % of the segments (332 of 753), most of them at a few standstills.
 
 A segment holds the frames t - t_pre .. t + t_take - 1 (fewer pre frames when the episode is younger
 than t_pre ticks; fewer takeover frames when it ends during the takeover, then `info["truncated"]`):
