@@ -100,6 +100,8 @@ class TakeoverCollector:
             config = TakeoverConfig.from_dict(config)
         if config.t_take < 1 or config.t_pre < 0:
             raise ValueError(f"t_take must be >= 1 and t_pre >= 0 (got {config.t_take}, {config.t_pre})")
+        if config.hold_speed < 0:
+            raise ValueError(f"hold_speed must be >= 0 m/s (got {config.hold_speed})")
         self.env = env
         self.policy = policy
         self.expert = expert

@@ -499,3 +499,5 @@ def test_expert_keeps_control_while_the_ego_stands_after_a_takeover():
     # hands back at once and the trigger fires again
     assert [s.trigger_tick for s in segs] == [0, 30, 40, 50] and [len(s.frames) for s in segs] == [10] * 4
     assert [t for t, driver in col.log if driver == "expert"] == list(range(60))
+    with pytest.raises(ValueError, match="hold_speed must be >= 0"):
+        TakeoverCollector(StandThenGoEnv(), policy, expert, {"hold_speed": -1.0})
