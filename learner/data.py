@@ -10,8 +10,9 @@ indices into a batch dict:
     image (B, 3, H, W) uint8, speed (B,), target_points (B, 2, 2), command (B,), path (B, 20, 2),
     speed_waypoints (B, 10, 2), has_path / has_speed_waypoints (B,) bool, action_weight (B,) float
     (1 - m: 0 on pre-takeover frames, which supervise language only), language / instruction / mode
-    (lists of str), dreamed (B,) bool, and with `bev` on: bev (B, C, rows, cols) occupancy ahead
-    (`policies.bev`)
+    (lists of str), dreamed (B,) bool, with `bev` on: bev (B, C, rows, cols) occupancy ahead
+    (`policies.bev`), and with `history_ticks`: previous_image (B, 3, H, W) uint8, the same drive's
+    image that much earlier (`FrameBank.previous_indices`)
 
 With probability `dream_share` a sample is replaced by an Action Dreaming one (SimLingo): an alternative
 future of the frame (`envs.action_dreaming`) with an instruction in the prompt; in "instruction_following"
@@ -85,9 +86,35 @@ class FrameBank:
     images: np.ndarray  # (N, 3, H, W) uint8
     sources: list[str] = field(default_factory=list)
     from_takeover: np.ndarray | None = None  # (N,) bool: the frame comes from a takeover dataset
+    segment: np.ndarray | None = None  # (N,) int: which recorded drive or takeover segment (None: one each)
 
     def __len__(self) -> int:
         return len(self.frames)
+
+    def previous_indices(self, history_ticks: int) -> np.ndarray:
+        """(N,) for each frame the bank index of the frame of the same drive or segment that is nearest
+        to `history_ticks` earlier (a VLA with `vision.history_s` sees its image too), among the frames
+        before it; the frame itself when none is (the first of a segment, as at the start of a drive
+        where the agent has no older image either). Exact when the history is a multiple of the bank's
+        frame spacing (0.4 s for expert data at 5 Hz with every second frame kept)."""
+        n = len(self.frames)
+        out = np.arange(n)
+        if history_ticks <= 0:
+            return out
+        segment = self.segment if self.segment is not None else np.arange(n)
+        ticks = np.array([f.tick for f in self.frames], np.int64)
+        order = np.lexsort((ticks, segment))
+        starts = np.flatnonzero(np.r_[True, segment[order][1:] != segment[order][:-1]])
+        for lo, hi in zip(starts, [*starts[1:], n], strict=True):
+            idx = order[lo:hi]
+            t = ticks[idx]
+            want = t - history_ticks
+            r = np.searchsorted(t, want)  # t[r - 1] < want <= t[r]; r <= own position
+            before = np.maximum(r - 1, 0)
+            after = np.minimum(r, np.maximum(np.arange(len(t)) - 1, 0))  # never the frame itself or later
+            pick = np.where(np.abs(t[before] - want) <= np.abs(t[after] - want), before, after)
+            out[idx] = idx[pick]
+        return out
 
     @staticmethod
     def load(
@@ -105,12 +132,14 @@ class FrameBank:
         frames: list[Frame] = []
         pre: list[bool] = []
         takeover: list[bool] = []
+        segment: list[int] = []
+        segment_ids: dict[tuple[int, str], int] = {}
         datasets = [open_dataset(d) for d in dirs]
         strides = [_dataset_stride(ds, stride, hz, takeover_hz) for ds in datasets]
         counts = [ds.count(k) for ds, k in zip(datasets, strides, strict=True)]
         total = sum(counts)
         images: np.ndarray | None = None  # filled in place: one copy of the pixels, not two
-        for d, ds, n, k in zip(dirs, datasets, counts, strides, strict=True):
+        for j, (d, ds, n, k) in enumerate(zip(dirs, datasets, counts, strides, strict=True)):
             bar = tqdm(total=n, desc=f"loading {Path(d).name}", unit="frame", disable=not progress)
             for rec in ds.iter_records(k):
                 f = rec.frame
@@ -128,6 +157,7 @@ class FrameBank:
                 frames.append(f)
                 pre.append(bool(rec.pre_takeover))
                 takeover.append(ds.kind == "takeover")
+                segment.append(segment_ids.setdefault((j, rec.segment_id), len(segment_ids)))
                 bar.update(1)
                 if len(frames) % 4096 == 0:
                     _release_freed_memory()
@@ -137,7 +167,9 @@ class FrameBank:
             raise DataError(f"no frames in {', '.join(map(str, dirs))}")
         images = images[: len(frames)]
         sources = [str(d) for d in dirs]
-        return FrameBank(frames, np.asarray(pre, bool), images, sources, np.asarray(takeover, bool))
+        return FrameBank(
+            frames, np.asarray(pre, bool), images, sources, np.asarray(takeover, bool), np.asarray(segment)
+        )
 
     def languages(self) -> list[str]:
         return [f.language for f in self.frames if f.language]
@@ -212,10 +244,13 @@ def with_takeover_share(probs: np.ndarray, from_takeover: np.ndarray, share: flo
 class BatchBuilder:
     """Frame indices -> a batch dict (see the module docstring); Action Dreaming samples mixed in."""
 
-    def __init__(self, bank: FrameBank, dream_share: float = 0.0, seed: int = 0, bev: bool = False) -> None:
+    def __init__(self, bank: FrameBank, dream_share: float = 0.0, seed: int = 0, bev: bool = False,
+                 history_ticks: int = 0) -> None:  # fmt: skip
         if not 0.0 <= dream_share <= 1.0:
             raise DataError(f"dream_share must be in [0, 1], got {dream_share}")
         self.bank = bank
+        # a VLA with camera history (`vision.history_s`) also gets the image `history_ticks` earlier
+        self.previous = bank.previous_indices(history_ticks) if history_ticks > 0 else None
         self.bev = bev  # add the BEV occupancy targets (for a VLA with `bev_head`)
         self.dream_share = dream_share
         self.rng = np.random.default_rng(seed)
@@ -289,6 +324,8 @@ class BatchBuilder:
             "mode": mode,
             "dreamed": torch.from_numpy(dreamed),
         }
+        if self.previous is not None:
+            batch["previous_image"] = torch.from_numpy(self.bank.images[self.previous[idx]])
         if self.bev:
             bev = [bev_occupancy(f.ego, f.agent_kind, f.agent_box) for f in frames]
             batch["bev"] = torch.from_numpy(np.stack(bev))

@@ -30,6 +30,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from envs.buckets import TICK_DT
 from learner.data import BatchBuilder, FrameBank, bucket_weights, with_takeover_share
 from policies.checkpoint import load_policy, resolve_checkpoint
 from policies.vla_config import LOSS_TERMS
@@ -292,9 +293,19 @@ def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, re
         sched.load_state_dict(saved["scheduler"])
         state = {k: saved[k] for k in state}
         print(f"resuming from {previous.name} (epoch {state['epoch']}, step {state['step']})")
+    history = int(getattr(model, "history_ticks", 0))
     builder = BatchBuilder(
-        bank, tc.dream_share, seed=tc.seed + state["epoch"], bev=getattr(model, "bev_head", None) is not None
-    )
+        bank, tc.dream_share, seed=tc.seed + state["epoch"], bev=getattr(model, "bev_head", None) is not None,
+        history_ticks=history,
+    )  # fmt: skip
+    if builder.previous is not None:
+        ticks = np.array([f.tick for f in bank.frames])
+        back = (ticks - ticks[builder.previous]) * TICK_DT
+        median = float(np.median(back[back > 0])) if (back > 0).any() else 0.0
+        print(
+            f"camera history {history * TICK_DT:.2f} s: the previous image lies {median:.2f} s back on "
+            f"median; {np.mean(back == 0):.1%} of the frames are the first of their drive (their own image)"
+        )
     writer = SummaryWriter(str(run / "tensorboard"), purge_step=state["step"] or None)
     metrics = (run / "metrics.jsonl").open("a")
     n_params = sum(p.numel() for p in params)

@@ -5,11 +5,14 @@ predicts the path and speed waypoints (and, for the VLA, commentary), and SimLin
 `WaypointController` turns them into throttle, brake and steer. The creep rule is off unless asked
 for (`creep=True`) and is reported in the output's info when on. A VLA can also be driven by an
 instruction (`instruction="Slow down."`, mode "instruction_following" or "safety"), as in Action
-Dreaming: `takeover drive --agent checkpoint:PATH --agent-arg "instruction=Slow down."`.
+Dreaming: `takeover drive --agent checkpoint:PATH --agent-arg "instruction=Slow down."`. A VLA with
+camera history (`vision.history_s`) also gets the image of that many ticks earlier; the agent keeps the
+images since (until there are enough, the oldest it has: at the start of a route the ego stands).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -45,20 +48,27 @@ class CheckpointAgent:
         self.policy.eval()
         self.name = f"{PREFIX}{self.path}"
         self.controller = WaypointController(creep=creep)
+        self.history_ticks = int(getattr(self.policy, "history_ticks", 0))
+        self._images: deque[torch.Tensor] = deque(maxlen=self.history_ticks + 1)
 
     def reset(self, route: Route) -> None:
         self.controller.reset()
+        self._images.clear()
 
     @torch.inference_mode()  # no autograd bookkeeping at all: ~13 % faster decisions than no_grad
     def act(self, obs: Observation, scene: Scene | None) -> AgentOutput:
         if obs.image is None:
             raise CheckpointError("the learned policy needs the camera image; enable the camera")
+        image = torch.from_numpy(np.ascontiguousarray(obs.image.transpose(2, 0, 1)))[None]
         batch = {
-            "image": torch.from_numpy(np.ascontiguousarray(obs.image.transpose(2, 0, 1)))[None],
+            "image": image,
             "speed": torch.tensor([float(obs.speed)], dtype=torch.float32),
             "target_points": torch.from_numpy(np.asarray(obs.target_points, np.float32))[None],
             "command": torch.tensor([int(obs.command)], dtype=torch.long),
         }
+        if self.history_ticks:  # called once a tick: the oldest kept image is history_ticks back
+            self._images.append(image)
+            batch["previous_image"] = self._images[0]
         if self.instruction:
             batch["instruction"], batch["mode"] = [self.instruction], [self.mode]
         out = self.policy.predict(batch)

@@ -10,6 +10,7 @@ the two target points, query placeholders learned query vectors. The LLM generat
 queries then pass through it in one forward and two MLP heads decode per-step deltas whose cumulative
 sums are the path (1 m apart) and the speed waypoints (0.25 s apart). Training: cross-entropy on the
 answer + smooth-L1 on the waypoints, the latter weighted by `action_weight` (0 on pre-takeover samples).
+With `vision.history_s` the batch also carries `previous_image`, the camera image that much earlier.
 
 GRPO needs, for one observation, G answers sampled at a temperature with their log-probabilities under
 the current and a reference adapter, and the waypoints each answer leads to: `sample`. The same
@@ -72,19 +73,23 @@ def masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 class VisionEncoder(nn.Module):
-    """Image (B, 3, H, W) uint8 -> (B, T, C) tokens on a fixed grid."""
+    """Image (B, 3, H, W) uint8 -> (B, T, C) tokens on a fixed grid. With `vision.history_s` the image
+    of that many seconds earlier comes too and the two are stacked as six input channels."""
 
     def __init__(self, cfg: VLAConfig) -> None:
         super().__init__()
         v = cfg.vision
+        v.validate()
         self.image_size = tuple(v.image_size)
         self.grid = tuple(v.token_grid)
+        self.history = v.history_s > 0
+        channels = 6 if self.history else 3
         if v.type == "resnet":
             from transformers import ResNetConfig, ResNetModel
 
             self.model = ResNetModel(
                 ResNetConfig(
-                    num_channels=3,
+                    num_channels=channels,
                     embedding_size=v.embedding_size,
                     hidden_sizes=list(v.hidden_sizes),
                     depths=list(v.depths),
@@ -99,7 +104,7 @@ class VisionEncoder(nn.Module):
                 ViTConfig(
                     hidden_size=v.hidden_size, num_hidden_layers=v.num_hidden_layers,
                     num_attention_heads=v.num_attention_heads, intermediate_size=v.intermediate_size,
-                    image_size=list(v.image_size), patch_size=v.patch_size,
+                    image_size=list(v.image_size), patch_size=v.patch_size, num_channels=channels,
                 ),
                 add_pooling_layer=False,
             )  # fmt: skip
@@ -122,7 +127,13 @@ class VisionEncoder(nn.Module):
     def num_tokens(self) -> int:
         return self.grid[0] * self.grid[1]
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
+        if self.history:
+            if previous is None:
+                raise ValueError(
+                    "this VLA sees the camera history (vision.history_s): the batch needs 'previous_image'"
+                )
+            image = torch.cat([image, previous.to(image.device)], dim=1)
         x = image.float() / 255.0
         if tuple(x.shape[-2:]) != self.image_size:
             x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
@@ -367,10 +378,15 @@ class VLA(nn.Module):
         speed = self.speed_head(hidden[:, np_:]).float().cumsum(1)
         return path, speed
 
+    @property
+    def history_ticks(self) -> int:
+        """How many ticks back the second camera image lies (0: the VLA sees the current image alone)."""
+        return self.config.vision.history_ticks
+
     # ------------------------------------------------------------------ training
     def forward_teacher(self, batch: dict, answers: list[list[int]]) -> dict[str, torch.Tensor]:
         """One forward with the given answers: per-token answer log-probs and the decoded waypoints."""
-        image_tokens = self.vision(batch["image"].to(self.device))
+        image_tokens = self.vision(batch["image"].to(self.device), batch.get("previous_image"))
         packed = self._pack(self._prefixes(batch), answers, queries=True)
         emb = self._embeddings(packed.ids, image_tokens, batch["target_points"].to(self.device))
         hidden = self._decoder()(
@@ -450,7 +466,7 @@ class VLA(nn.Module):
         the 30 queries appended to each finished answer. Returns answers, texts, per-answer log-probs
         (at temperature 1), path and speed_waypoints."""
         max_new = max_new_tokens or self.config.max_answer_tokens
-        image_tokens = self.vision(batch["image"].to(self.device))
+        image_tokens = self.vision(batch["image"].to(self.device), batch.get("previous_image"))
         packed = self._pack(self._prefixes(batch), None, queries=False)
         emb = self._embeddings(packed.ids, image_tokens, batch["target_points"].to(self.device))
         mask = packed.mask

@@ -30,6 +30,10 @@ class VisionConfig:
     trust_remote_code: bool = False  # run the model code shipped in that folder (InternViT's)
     image_size: tuple[int, int] = (128, 256)  # (H, W) the camera image is resized to
     token_grid: tuple[int, int] = (4, 8)  # image features are pooled to rows x cols tokens
+    # > 0: the camera image this many seconds earlier is stacked with the current one as three more input
+    # channels (early fusion), so that motion shows: a lead closing in, a pedestrian stepping out. One
+    # frame cannot tell a stopped lead from a slow one. Encoders built from the config only (resnet, vit).
+    history_s: float = 0.0
     # resnet
     embedding_size: int = 16
     hidden_sizes: tuple[int, ...] = (16, 32, 64, 128)
@@ -40,6 +44,22 @@ class VisionConfig:
     num_attention_heads: int = 16
     intermediate_size: int = 4096
     patch_size: int = 14
+
+    def validate(self) -> None:
+        if self.history_s < 0:
+            raise ConfigError(f"vision.history_s must be >= 0 seconds, got {self.history_s}")
+        if self.history_s > 0 and self.type == "pretrained":
+            raise ConfigError(
+                "vision.history_s stacks two camera images as six input channels, which a pretrained "
+                "vision model does not take; use an encoder built from the config (resnet or vit)"
+            )
+
+    @property
+    def history_ticks(self) -> int:
+        """The history offset in simulation ticks (0: the current image alone)."""
+        from envs.buckets import TICK_DT
+
+        return max(round(self.history_s / TICK_DT), 1) if self.history_s > 0 else 0
 
 
 @dataclass
@@ -97,7 +117,9 @@ class VLAConfig:
                 kwargs[key] = cls(**value)
             else:
                 kwargs[key] = value
-        return VLAConfig(**kwargs)
+        cfg = VLAConfig(**kwargs)
+        cfg.vision.validate()
+        return cfg
 
 
 def tiny_config() -> VLAConfig:

@@ -319,3 +319,31 @@ def test_shipped_pretrain_configs_load():
     assert vla.train.bucket_weights["moving_off"] > 1
     planner = PretrainConfig.load(root / "pretrain_planner.yaml")
     assert planner.policy["architecture"] == "planner"
+
+
+def test_camera_history_pairs_each_frame_with_its_drive_earlier_image(dataset, tmp_path):
+    # three drives of 20 frames 4 ticks apart (5 Hz); every second one kept: 8 ticks apart
+    half = FrameBank.load([dataset], progress=False, stride=2)
+    ticks = np.array([f.tick for f in half.frames])
+    prev = half.previous_indices(8)  # 0.4 s
+    assert prev[0] == 0 and prev[10] == 10  # the first frame of a drive has only its own image
+    np.testing.assert_array_equal(prev[1:10], np.arange(9))
+    assert (half.segment[prev] == half.segment).all()  # never an image of another drive
+    assert ticks[half.previous_indices(10)[2]] == 8  # between two frames: the nearest earlier one
+    np.testing.assert_array_equal(half.previous_indices(0), np.arange(len(half)))
+    # a batch carries the image of the previous index (images numbered by their bank index here)
+    images = np.broadcast_to(np.arange(len(half), dtype=np.uint8)[:, None, None, None], (len(half), 3, 2, 2))
+    numbered = FrameBank(half.frames, half.pre_takeover, images, segment=half.segment)
+    batch = BatchBuilder(numbered, history_ticks=8).build([3, 10, 15])
+    assert batch["previous_image"][:, 0, 0, 0].tolist() == [2, 10, 14]
+    assert "previous_image" not in BatchBuilder(numbered).build([3])
+
+
+def test_pretrain_trains_a_vla_with_camera_history(dataset, tmp_path):
+    policy = {**SMALL_VLA, "config": {**SMALL_VLA["config"], "vision": {**SMALL_VLA["config"]["vision"],
+                                                                     "history_s": 0.4}}}  # fmt: skip
+    cfg = PretrainConfig.from_dict({
+        "policy": policy, "train": {"epochs": 1, "samples_per_epoch": 16, "batch_size": 8, "log_every": 1},
+    })  # fmt: skip
+    run = pretrain([dataset], cfg, tmp_path / "run", progress=False)
+    assert load_policy(run / "checkpoints" / "epoch_001").history_ticks == 8

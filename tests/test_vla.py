@@ -421,3 +421,40 @@ def test_vit_encoder_gives_a_token_grid():
     assert tokens.shape == (2, 8, 32)
     with pytest.raises(CheckpointError, match="unknown vision encoder type"):
         VisionEncoder(VLAConfig(vision=VisionConfig(type="cnn")))
+
+
+def test_camera_history_stacks_the_earlier_image_and_the_agent_keeps_it(tokenizer, tmp_path):
+    cfg = small_config()
+    cfg.vision.history_s = 0.2  # 4 ticks at 20 Hz
+    torch.manual_seed(7)
+    model = VLA(cfg, tokenizer).eval()
+    assert model.history_ticks == 4 and VLA(small_config(), tokenizer).history_ticks == 0
+    batch = make_batch(2)
+    with pytest.raises(ValueError, match="previous_image"):
+        model.predict(batch)
+    still = model.predict({**batch, "previous_image": batch["image"]})
+    moved = model.predict({**batch, "previous_image": torch.roll(batch["image"], 8, dims=-1)})
+    assert not torch.allclose(still["speed_waypoints"], moved["speed_waypoints"])  # the history is seen
+    model.save(tmp_path / "ckpt")
+    again = load_policy(tmp_path / "ckpt").eval()
+    assert again.history_ticks == 4
+    with_history = {**batch, "previous_image": batch["image"]}
+    torch.testing.assert_close(again.predict(with_history)["path"], still["path"])
+    assert again.sample(with_history, n=3).path.shape == (6, 20, 2)  # GRPO's samples see it too
+    # the agent, called once a tick, hands the image of 4 ticks earlier (the first one until it has that)
+    agent = make_agent(f"checkpoint:{tmp_path / 'ckpt'}")
+    seen: list[torch.Tensor] = []
+    predict = agent.policy.predict
+    agent.policy.predict = lambda b: seen.append(b["previous_image"]) or predict(b)
+    agent.reset(None)
+    target = np.array([[10.0, 0.0], [30.0, 0.0]])
+    for tick in range(7):
+        agent.act(Observation(np.full((32, 64, 3), tick, np.uint8), 3.0, target, 0), None)
+    assert [int(p[0, 0, 0, 0]) for p in seen] == [0, 0, 0, 0, 0, 1, 2]
+    agent.reset(None)  # a new route starts without history
+    agent.act(Observation(np.full((32, 64, 3), 9, np.uint8), 3.0, np.zeros((2, 2)), 0), None)
+    assert int(seen[-1][0, 0, 0, 0]) == 9
+    with pytest.raises(ConfigError, match="history_s"):
+        VLAConfig.from_dict({"vision": {"type": "pretrained", "path": "/x", "history_s": 0.4}})
+    with pytest.raises(ConfigError, match=">= 0"):
+        VLAConfig.from_dict({"vision": {"history_s": -1}})
