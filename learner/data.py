@@ -245,12 +245,19 @@ class BatchBuilder:
     """Frame indices -> a batch dict (see the module docstring); Action Dreaming samples mixed in."""
 
     def __init__(self, bank: FrameBank, dream_share: float = 0.0, seed: int = 0, bev: bool = False,
-                 history_ticks: int = 0) -> None:  # fmt: skip
+                 history_ticks: int = 0, history_dropout: float = 0.0) -> None:  # fmt: skip
         if not 0.0 <= dream_share <= 1.0:
             raise DataError(f"dream_share must be in [0, 1], got {dream_share}")
+        if not 0.0 <= history_dropout <= 1.0:
+            raise DataError(f"history_dropout must be in [0, 1], got {history_dropout}")
         self.bank = bank
-        # a VLA with camera history (`vision.history_s`) also gets the image `history_ticks` earlier
+        # A VLA with camera history (`vision.history_s`) also gets the image `history_ticks` earlier. With
+        # `history_dropout` that share of the samples gets the current image again, as at a standstill:
+        # otherwise the pair tells "has stood for a while" from "has just moved off" and the policy copies
+        # its own past (the copycat problem): trained without dropout, it stood at the start of 7 of the
+        # first 12 evaluation routes, saying "Pull away" with its speed waypoints at 0.2 m/s.
         self.previous = bank.previous_indices(history_ticks) if history_ticks > 0 else None
+        self.history_dropout = history_dropout
         self.bev = bev  # add the BEV occupancy targets (for a VLA with `bev_head`)
         self.dream_share = dream_share
         self.rng = np.random.default_rng(seed)
@@ -325,7 +332,9 @@ class BatchBuilder:
             "dreamed": torch.from_numpy(dreamed),
         }
         if self.previous is not None:
-            batch["previous_image"] = torch.from_numpy(self.bank.images[self.previous[idx]])
+            keep = self.rng.random(n) >= self.history_dropout
+            earlier = np.where(keep, self.previous[idx], idx)
+            batch["previous_image"] = torch.from_numpy(self.bank.images[earlier])
         if self.bev:
             bev = [bev_occupancy(f.ego, f.agent_kind, f.agent_box) for f in frames]
             batch["bev"] = torch.from_numpy(np.stack(bev))

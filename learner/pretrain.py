@@ -59,6 +59,9 @@ class TrainConfig:
     bucket_weights: dict[str, float] = field(default_factory=dict)
     takeover_share: float = 0.0  # > 0: share of the draws from takeover datasets (else by buckets alone)
     loss_weights: dict[str, float] = field(default_factory=dict)  # VLA: policies.vla_config.LOSS_TERMS
+    # a VLA with camera history (vision.history_s): share of the samples whose earlier image is replaced by
+    # the current one (ChauffeurNet's past-motion dropout; learner.data.BatchBuilder says why)
+    history_dropout: float = 0.5
     seed: int = 0
     log_every: int = 10
     threads: int = 0  # torch threads (0: leave torch's default)
@@ -105,6 +108,8 @@ class PretrainConfig:
                 f"train.frame_hz must be >= 0 and is an alternative to frame_stride (got frame_hz "
                 f"{tc.frame_hz}, frame_stride {tc.frame_stride})"
             )
+        if not 0.0 <= tc.history_dropout <= 1.0:
+            raise PretrainError(f"train.history_dropout must be in [0, 1], got {tc.history_dropout}")
         if tc.takeover_frame_hz < 0:
             raise PretrainError(f"train.takeover_frame_hz must be >= 0, got {tc.takeover_frame_hz}")
         return PretrainConfig(policy=dict(policy), train=tc)
@@ -296,7 +301,7 @@ def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, re
     history = int(getattr(model, "history_ticks", 0))
     builder = BatchBuilder(
         bank, tc.dream_share, seed=tc.seed + state["epoch"], bev=getattr(model, "bev_head", None) is not None,
-        history_ticks=history,
+        history_ticks=history, history_dropout=tc.history_dropout,
     )  # fmt: skip
     if builder.previous is not None:
         ticks = np.array([f.tick for f in bank.frames])
@@ -316,13 +321,18 @@ def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, re
     loss_args = {"weights": tc.loss_weights} if tc.loss_weights else {}  # the planner's loss takes none
     halt = ""  # why the run ends before its last epoch
     t_start = time.perf_counter() - state["minutes"] * 60
+    # a run stopped mid-epoch (max_minutes, SIGTERM) resumes at the batch after its last one: the epoch's
+    # sample order is drawn from (seed, epoch), so it is the one the interrupted run was going through
+    first = min(max(state["step"] - state["epoch"] * per_epoch, 0), per_epoch) if previous else 0
     try:
         for epoch in range(state["epoch"], tc.epochs):
             rng = np.random.default_rng([tc.seed, epoch])
             order = rng.choice(len(bank), size=per_epoch * tc.batch_size, p=probs)
             bar = tqdm(
-                range(per_epoch), desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not progress, unit="step"
-            )
+                range(first, per_epoch), desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not progress,
+                unit="step", initial=first, total=per_epoch,
+            )  # fmt: skip
+            first = 0
             for b in bar:
                 batch = builder.build(order[b * tc.batch_size : (b + 1) * tc.batch_size])
                 losses = model.training_loss(batch, **loss_args)
@@ -359,7 +369,7 @@ def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, re
             _save_epoch(run, name, model, opt, sched, state)
             if halt:
                 minutes = state["minutes"]
-                print(f"stopped after {minutes:.1f} min ({halt}); resume continues epoch {epoch + 1}")
+                print(f"stopped after {minutes:.1f} min ({halt}); --resume continues epoch {epoch + 1}")
                 break
     finally:
         metrics.close()

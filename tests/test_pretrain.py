@@ -190,6 +190,19 @@ def test_sigterm_stops_pretraining_with_a_checkpoint_that_resumes(dataset, tmp_p
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == steps + 1
 
 
+def test_resume_continues_an_interrupted_epoch_at_the_next_batch(dataset, tmp_path):
+    train = {"epochs": 1, "samples_per_epoch": 64, "batch_size": 8, "log_every": 1}
+    cfg = PretrainConfig.from_dict({"policy": SMALL_VLA, "train": train})
+    stop = threading.Event()
+    stop.set()  # stopped after its first step, as by max_minutes or SIGTERM
+    run = pretrain([dataset], cfg, tmp_path / "run", progress=False, stop=stop)
+    assert (run / "checkpoints" / "latest").read_text() == "epoch_001_partial"
+    pretrain([dataset], cfg, run, resume=True, progress=False)
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))  # the epoch's other 7 batches, not all 8 again
+    assert (run / "checkpoints" / "latest").read_text() == "epoch_001"
+
+
 def test_pretrain_trains_the_compact_planner_too(dataset, tmp_path):
     cfg = PretrainConfig.from_dict({
         "policy": {
@@ -337,6 +350,15 @@ def test_camera_history_pairs_each_frame_with_its_drive_earlier_image(dataset, t
     batch = BatchBuilder(numbered, history_ticks=8).build([3, 10, 15])
     assert batch["previous_image"][:, 0, 0, 0].tolist() == [2, 10, 14]
     assert "previous_image" not in BatchBuilder(numbered).build([3])
+    # past-motion dropout: that share of the samples sees the current image twice, as at a standstill
+    assert BatchBuilder(numbered, history_ticks=8, history_dropout=1.0).build([3, 10, 15])[
+        "previous_image"][:, 0, 0, 0].tolist() == [3, 10, 15]  # fmt: skip
+    idx = np.arange(1, 10).repeat(40)
+    half_dropped = BatchBuilder(numbered, history_ticks=8, history_dropout=0.5, seed=1).build(idx)
+    seen = half_dropped["previous_image"][:, 0, 0, 0].numpy()
+    assert 0.4 < (seen == idx).mean() < 0.6 and (seen[seen != idx] == idx[seen != idx] - 1).all()
+    with pytest.raises(PretrainError, match="history_dropout"):
+        PretrainConfig.from_dict({"train": {"history_dropout": 1.5}})
 
 
 def test_pretrain_trains_a_vla_with_camera_history(dataset, tmp_path):
