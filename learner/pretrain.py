@@ -249,10 +249,12 @@ def plot_curve(run: Path) -> Path | None:
 
 
 def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, resume: bool = False,
-             progress: bool = True, stop: threading.Event | None = None) -> Path:  # fmt: skip
+             progress: bool = True, stop: threading.Event | None = None,
+             loaded: threading.Event | None = None) -> Path:  # fmt: skip
     """Train and return the run folder. With `resume`, continue from the run's newest checkpoint. When
     `stop` is set (the CLI sets it on SIGTERM) the run ends after the current step with a checkpoint, as
-    at the end of `max_minutes`."""
+    at the end of `max_minutes`. `loaded` is set once the data is in memory and the model built (the CLI
+    exits at once on a SIGTERM before that: loading takes minutes and has nothing to save)."""
     from torch.utils.tensorboard import SummaryWriter
 
     run = Path(out)
@@ -276,6 +278,8 @@ def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, re
     torch.manual_seed(tc.seed)
     model = load_policy(previous) if previous is not None else build_policy(config.policy, bank)
     model.train()
+    if loaded is not None:
+        loaded.set()
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]

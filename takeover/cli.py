@@ -111,7 +111,8 @@ def pretrain(
     max_minutes: float | None = typer.Option(None, "--max-minutes", help="Override train.max_minutes."),
 ) -> None:
     """Imitation pre-training of the VLA or the compact planner on expert data. SIGTERM stops it after the
-    current step with a checkpoint (`--resume` continues) and exit status 143."""
+    current step with a checkpoint (`--resume` continues) and exit status 143; while the data is still
+    loading, at once."""
     import threading
 
     from envs.dataset import DatasetError
@@ -126,9 +127,18 @@ def pretrain(
             cfg.train.epochs = epochs
         if max_minutes is not None:
             cfg.train.max_minutes = max_minutes
-        stop = threading.Event()
-        with on_sigterm(stop.set):
-            run = run_pretrain([str(d) for d in data], cfg, out, resume=resume, stop=stop)
+        stop, loaded = threading.Event(), threading.Event()
+
+        def on_term() -> None:  # once training runs, end the step and checkpoint; before, nothing to save
+            if loaded.is_set():
+                stop.set()
+                return
+            kept = "the run's checkpoints are as they were" if resume else "nothing was trained"
+            typer.secho(f"terminated (SIGTERM) while loading the data: {kept}", err=True)
+            raise typer.Exit(SIGTERM_EXIT_STATUS)
+
+        with on_sigterm(on_term):
+            run = run_pretrain([str(d) for d in data], cfg, out, resume=resume, stop=stop, loaded=loaded)
     except (PretrainError, DataError, DatasetError, CheckpointError, FileNotFoundError) as exc:
         _fail(str(exc))
     if stop.is_set():

@@ -190,6 +190,42 @@ def test_sigterm_stops_pretraining_with_a_checkpoint_that_resumes(dataset, tmp_p
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == steps + 1
 
 
+def test_sigterm_while_loading_the_data_exits_at_once(dataset, tmp_path, monkeypatch):
+    """Loading 100k frames takes minutes, longer than a scheduler waits after its SIGTERM: `takeover
+    pretrain` then exits at once (status 143) instead of after loading and a first step."""
+    import os
+    import signal
+
+    import yaml
+
+    import learner.data
+
+    def signalled_midway(path):  # the dataset sends the SIGTERM itself after its first record
+        ds = open_dataset(path)
+        records = ds.iter_records
+
+        def iter_records(stride):
+            for k, rec in enumerate(records(stride)):
+                if k == 1:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                yield rec
+
+        ds.iter_records = iter_records
+        return ds
+
+    monkeypatch.setattr(learner.data, "open_dataset", signalled_midway)
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump({"policy": SMALL_VLA, "train": {"epochs": 1, "batch_size": 8}}))
+    run = tmp_path / "run"
+    res = CliRunner().invoke(
+        app, ["pretrain", "--data", str(dataset), "--config", str(cfg_file), "--out", str(run)]
+    )
+    assert res.exit_code == 143, res.output
+    assert "while loading the data: nothing was trained" in res.output
+    assert not (run / "checkpoints").exists() and not (run / "metrics.jsonl").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with the command
+
+
 def test_resume_continues_an_interrupted_epoch_at_the_next_batch(dataset, tmp_path):
     train = {"epochs": 1, "samples_per_epoch": 64, "batch_size": 8, "log_every": 1}
     cfg = PretrainConfig.from_dict({"policy": SMALL_VLA, "train": train})
