@@ -122,6 +122,11 @@ class VisionEncoder(nn.Module):
         else:
             raise CheckpointError(f"unknown vision encoder type {v.type!r} (resnet, vit, pretrained)")
         self.is_conv = v.type == "resnet"
+        # oneDNN's convolutions run about 1.3x faster in channels-last on a CPU, but its 1x1 stride-2
+        # weight gradient (the ResNet shortcuts) in that layout writes out of bounds when a layer has fewer
+        # input channels than its SIMD block (16 floats with AVX-512; oneDNN issue 6035): heap corruption
+        # or wrong gradients. Narrower encoders (the tests' small ones) stay in NCHW.
+        self.channels_last = self.is_conv and min(v.embedding_size, *v.hidden_sizes) >= 16
 
     @property
     def num_tokens(self) -> int:
@@ -139,7 +144,7 @@ class VisionEncoder(nn.Module):
             x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
         x = (x - 0.5) / 0.5
         x = x.to(next(self.model.parameters()).dtype)
-        if self.is_conv:  # oneDNN's convolutions run about 1.3x faster in channels-last on a CPU
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         out = self.model(pixel_values=x).last_hidden_state
         if not self.is_conv:  # (B, N, C) patch tokens, after a CLS token if there is one -> grid
@@ -560,6 +565,21 @@ class VLA(nn.Module):
             self.llm.set_adapter(previous)
             for n, p in self.llm.named_parameters():  # set_adapter marks the active adapter trainable
                 p.requires_grad_(grads[n])
+
+    def adapter_is_identity(self) -> bool:
+        """True while the current adapter changes nothing (every lora_B zero, as peft initialises it)."""
+        return not any(
+            p.any() for n, p in self.llm.named_parameters() if "lora_B" in n and f".{REFERENCE}." not in n
+        )
+
+    def imitation_context(self) -> contextlib.AbstractContextManager:
+        """What pre-training runs its steps in. With `lora.train_base` the base weights train, so an
+        adapter still at identity would only add a second, low-rank path to the same weights (a third of
+        the tiny model's step): it is bypassed and left at identity for post-training to train. An adapter
+        that already learned something (a run started before this rule) keeps training with the base."""
+        if self.config.lora.train_base and self.adapter_is_identity():
+            return self.adapter(None)
+        return contextlib.nullcontext()
 
     def add_reference_adapter(self) -> None:
         """Freeze a copy of the current adapter as the GRPO / DPO reference policy."""
