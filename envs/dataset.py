@@ -320,9 +320,10 @@ def _ragged_to_numpy(col: pa.ChunkedArray, tail: tuple[int, ...], dtype: type) -
     return [flat[a * width : b * width].reshape(b - a, *tail).copy() for a, b in itertools.pairwise(offsets)]
 
 
-def table_to_rows(table: pa.Table) -> list[dict]:
+def table_to_rows(table: pa.Table, decode_images: bool = True) -> list[dict]:
     """Decoded rows: segment fields plus a `frame` (`Frame`) per row. A table without the local map
-    columns (schema version 1) gives frames with the `Frame` defaults for them."""
+    columns (schema version 1) gives frames with the `Frame` defaults for them. With `decode_images`
+    off the frames carry no image and each row has the stored image bytes as `image_bytes` instead."""
     n = table.num_rows
     has_map = all(c in table.column_names for c in _MAP_COLUMNS)
     py = {
@@ -381,7 +382,7 @@ def table_to_rows(table: pa.Table) -> list[dict]:
             tick=py["tick"][i],
             route_id=py["route_id"][i],
             town=py["town"][i],
-            image=None if py["image"][i] is None else decode_image(py["image"][i]),
+            image=None if py["image"][i] is None or not decode_images else decode_image(py["image"][i]),
             speed=py["speed"][i],
             target_points=arrays["target_points"],
             command=py["command"][i],
@@ -418,7 +419,7 @@ def table_to_rows(table: pa.Table) -> list[dict]:
                     "kind",
                 )
             }
-            | {"frame": frame}
+            | {"frame": frame, "image_bytes": None if decode_images else py["image"][i]}
         )
     return rows
 
@@ -622,6 +623,7 @@ class FrameRecord:
     pre_takeover: bool
     frame_index: int
     frame: Frame
+    image_bytes: bytes | None = None  # the stored JPEG / PNG when read with decode_images off
 
 
 class Dataset:
@@ -649,12 +651,12 @@ class Dataset:
             pa.concat_tables(tables) if tables else SCHEMA.empty_table().select(list(columns or SCHEMA.names))
         )
 
-    def _shard_rows(self, k: int, stride: int = 1) -> list[dict]:
+    def _shard_rows(self, k: int, stride: int = 1, decode_images: bool = True) -> list[dict]:
         table = pq.read_table(self.shards[k])
         if stride > 1:
             keep = np.asarray(table.column("frame_index").to_numpy()) % stride == 0
             table = table.filter(pa.array(keep))
-        return table_to_rows(table)
+        return table_to_rows(table, decode_images)
 
     def frame_interval(self) -> int:
         """Ticks between consecutive recorded frames (the median over the first shard's segments; 4 for
@@ -677,14 +679,15 @@ class Dataset:
             for p in self.shards
         )
 
-    def iter_records(self, stride: int = 1) -> Iterator[FrameRecord]:
+    def iter_records(self, stride: int = 1, decode_images: bool = True) -> Iterator[FrameRecord]:
         """Every stored frame, or with `stride` k every k-th frame of each segment (frame_index % k == 0:
         consecutive frames at 5 Hz or more are nearly alike, and a bank of every second one fits twice
-        the routes in memory)."""
+        the routes in memory). With `decode_images` off the records keep the stored image bytes
+        (`FrameRecord.image_bytes`) and their frames no pixels."""
         if stride < 1:
             raise DatasetError(f"stride must be a positive integer, got {stride}")
         for k in range(len(self.shards)):
-            for r in self._shard_rows(k, stride):
+            for r in self._shard_rows(k, stride, decode_images):
                 yield FrameRecord(
                     r["segment_id"],
                     r["trigger"],
@@ -692,6 +695,7 @@ class Dataset:
                     r["pre_takeover"],
                     r["frame_index"],
                     r["frame"],
+                    r["image_bytes"],
                 )
 
     def iter_frames(self) -> Iterator[Frame]:

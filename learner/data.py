@@ -1,8 +1,9 @@
 """Training samples for imitation pre-training and SFT: frames in memory, bucket-weighted sampling,
 Action Dreaming samples mixed in, batches in the policies' format.
 
-`FrameBank.load(dirs)` reads datasets (expert and takeover data alike) into memory once: decoded images
-(uint8) and the frames' labels and scene snapshots. `bucket_weights` gives each SimLingo bucket
+`FrameBank.load(dirs)` reads datasets (expert and takeover data alike) into memory once: the images as
+their stored JPEG / PNG bytes, decoded per batch (`EncodedImages`; or decoded once, `decode_images`), and
+the frames' labels and scene snapshots. `bucket_weights` gives each SimLingo bucket
 (`envs.buckets.BUCKETS`, plus the derived "moving_off" and "none" for untagged frames) the same
 share of the samples unless told otherwise, spread evenly over its frames. `BatchBuilder` turns frame
 indices into a batch dict:
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from envs.buckets import BUCKETS, TICK_DT
-from envs.dataset import Dataset, open_dataset
+from envs.dataset import Dataset, decode_image, open_dataset
 from envs.segments import Frame
 from policies.bev import bev_occupancy
 from policies.prompts import FOLLOW_ANSWER, INSTRUCTIONS, REFUSE_ANSWER, REFUSE_REASONS
@@ -77,13 +79,47 @@ def _release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+class EncodedImages:
+    """Camera images kept as their stored JPEG / PNG bytes and decoded when a batch asks for them: a
+    256 x 128 JPEG frame holds about 6 KB instead of 98 KB of pixels, for about 0.4 ms of decoding per
+    image (a few per cent of a training step). Indexed like the (N, 3, H, W) uint8 array it stands for."""
+
+    def __init__(self, blobs: list[bytes], image_shape: tuple[int, int, int]) -> None:
+        self.blobs = blobs
+        self.image_shape = image_shape  # (3, H, W)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.blobs), *self.image_shape)
+
+    def __len__(self) -> int:
+        return len(self.blobs)
+
+    def __getitem__(self, idx: int | np.ndarray) -> np.ndarray:
+        if np.ndim(idx) == 0:
+            return decode_image(self.blobs[int(idx)]).transpose(2, 0, 1)
+        idx = np.asarray(idx).reshape(-1)
+        out = np.empty((len(idx), *self.image_shape), np.uint8)
+        for j, i in enumerate(idx):
+            out[j] = decode_image(self.blobs[i]).transpose(2, 0, 1)
+        return out
+
+
+def _stored_image_shape(data: bytes) -> tuple[int, int, int]:
+    """(3, H, W) of a stored image from its header, without decoding the pixels."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return (3, im.height, im.width)
+
+
 @dataclass
 class FrameBank:
     """Frames of one or more datasets, in memory."""
 
     frames: list[Frame]
     pre_takeover: np.ndarray  # (N,) bool
-    images: np.ndarray  # (N, 3, H, W) uint8
+    images: np.ndarray | EncodedImages  # (N, 3, H, W) uint8, or the stored bytes decoded per batch
     sources: list[str] = field(default_factory=list)
     from_takeover: np.ndarray | None = None  # (N,) bool: the frame comes from a takeover dataset
     segment: np.ndarray | None = None  # (N,) int: which recorded drive or takeover segment (None: one each)
@@ -123,12 +159,15 @@ class FrameBank:
         stride: int = 1,
         hz: float = 0.0,
         takeover_hz: float = 0.0,
+        decode_images: bool = False,
     ) -> FrameBank:
         """Read the datasets; with `stride` k only every k-th frame of each segment. With `hz` > 0 each
         dataset gets its own stride instead, the one that brings its recording rate nearest to `hz`
         (expert data at 5 Hz and takeover data at 20 Hz mixed at one rate). `takeover_hz` > 0 sets the
         rate of takeover datasets alone: their segments are short (a few seconds each), so they can keep
-        more of their frames than long expert drives in the same memory."""
+        more of their frames than long expert drives in the same memory. Images stay encoded
+        (`EncodedImages`) unless `decode_images`, which holds their pixels instead (16x the memory for
+        JPEG frames, no decoding per batch)."""
         frames: list[Frame] = []
         pre: list[bool] = []
         takeover: list[bool] = []
@@ -138,22 +177,33 @@ class FrameBank:
         strides = [_dataset_stride(ds, stride, hz, takeover_hz) for ds in datasets]
         counts = [ds.count(k) for ds, k in zip(datasets, strides, strict=True)]
         total = sum(counts)
-        images: np.ndarray | None = None  # filled in place: one copy of the pixels, not two
+        images: np.ndarray | None = None  # decoded: filled in place, one copy of the pixels, not two
+        blobs: list[bytes] = []
+        image_shape: tuple[int, ...] | None = None
         for j, (d, ds, n, k) in enumerate(zip(dirs, datasets, counts, strides, strict=True)):
             bar = tqdm(total=n, desc=f"loading {Path(d).name}", unit="frame", disable=not progress)
-            for rec in ds.iter_records(k):
+            for rec in ds.iter_records(k, decode_images=decode_images):
                 f = rec.frame
-                if f.image is None:
+                if f.image is None and rec.image_bytes is None:
                     raise DataError(f"{d}: frame {f.tick} of route {f.route_id} has no image")
-                if images is None:
-                    images = np.empty((total, *f.image.transpose(2, 0, 1).shape), np.uint8)
-                if f.image.transpose(2, 0, 1).shape != images.shape[1:]:
+                if decode_images:
+                    shape = f.image.transpose(2, 0, 1).shape
+                else:
+                    shape = _stored_image_shape(rec.image_bytes)
+                if image_shape is None:
+                    image_shape = shape
+                    if decode_images:
+                        images = np.empty((total, *shape), np.uint8)
+                if shape != image_shape:
                     raise DataError(
-                        f"{d}: image size {f.image.shape} differs from {images.shape[1:]}; "
+                        f"{d}: image size {shape[1:]} differs from {image_shape[1:]} (height, width); "
                         "collect the datasets with one camera"
                     )
-                images[len(frames)] = f.image.transpose(2, 0, 1)
-                f.image = None  # the bank keeps the one copy
+                if decode_images:
+                    images[len(frames)] = f.image.transpose(2, 0, 1)
+                    f.image = None  # the bank keeps the one copy
+                else:
+                    blobs.append(rec.image_bytes)
                 frames.append(f)
                 pre.append(bool(rec.pre_takeover))
                 takeover.append(ds.kind == "takeover")
@@ -163,12 +213,12 @@ class FrameBank:
                     _release_freed_memory()
             bar.close()
         _release_freed_memory()
-        if images is None or not frames:
+        if image_shape is None or not frames:
             raise DataError(f"no frames in {', '.join(map(str, dirs))}")
-        images = images[: len(frames)]
+        store = images[: len(frames)] if images is not None else EncodedImages(blobs, image_shape)
         sources = [str(d) for d in dirs]
         return FrameBank(
-            frames, np.asarray(pre, bool), images, sources, np.asarray(takeover, bool), np.asarray(segment)
+            frames, np.asarray(pre, bool), store, sources, np.asarray(takeover, bool), np.asarray(segment)
         )
 
     def languages(self) -> list[str]:

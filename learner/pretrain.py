@@ -47,7 +47,10 @@ class PretrainError(ValueError):
 class TrainConfig:
     epochs: int = 4
     samples_per_epoch: int = 0  # 0: the number of frames
-    frame_stride: int = 1  # load every k-th frame of each recorded segment (memory: ~150 KB a frame)
+    frame_stride: int = 1  # load every k-th frame of each recorded segment (memory: ~55 KB a frame)
+    # hold the images' pixels (98 KB a 256 x 128 frame) instead of their stored bytes (~6 KB as JPEG), which
+    # are decoded per batch (a few per cent of a step)
+    decode_images: bool = False
     frame_hz: float = 0.0  # > 0: each dataset's own stride to this rate (mixes 5 Hz and 20 Hz data)
     takeover_frame_hz: float = 0.0  # > 0: the rate of takeover datasets alone (their segments are short)
     batch_size: int = 32
@@ -271,8 +274,9 @@ def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, re
     (run / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     bank = FrameBank.load(
-        data, progress=progress, stride=tc.frame_stride, hz=tc.frame_hz, takeover_hz=tc.takeover_frame_hz
-    )
+        data, progress=progress, stride=tc.frame_stride, hz=tc.frame_hz, takeover_hz=tc.takeover_frame_hz,
+        decode_images=tc.decode_images,
+    )  # fmt: skip
     probs = bucket_weights(bank.frames, tc.bucket_weights)
     if tc.takeover_share > 0:
         probs = with_takeover_share(probs, bank.from_takeover, tc.takeover_share)

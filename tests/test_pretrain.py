@@ -17,6 +17,7 @@ from envs.segments import FUTURE_STEPS, Frame, TakeoverSegment
 from learner.data import (
     BatchBuilder,
     DataError,
+    EncodedImages,
     FrameBank,
     bucket_weights,
     derived_tags,
@@ -122,6 +123,21 @@ def test_bank_refuses_mixed_image_sizes(dataset, tmp_path):
         FrameBank.load([dataset, other], progress=False)
 
 
+def test_bank_keeps_images_encoded_and_decodes_them_per_batch(dataset):
+    encoded = FrameBank.load([dataset], progress=False)
+    decoded = FrameBank.load([dataset], progress=False, decode_images=True)
+    assert isinstance(encoded.images, EncodedImages) and isinstance(decoded.images, np.ndarray)
+    assert encoded.images.shape == decoded.images.shape == (60, 3, 32, 64)
+    idx = np.array([5, 0, 59, 5])
+    np.testing.assert_array_equal(encoded.images[idx], decoded.images[idx])
+    np.testing.assert_array_equal(encoded.images[7], decoded.images[7])
+    assert decoded.images[7].max() == 200  # real pixels, not an empty array
+    assert sum(len(b) for b in encoded.images.blobs) < decoded.images.nbytes / 4
+    batch = BatchBuilder(encoded, dream_share=0.0).build(idx)
+    assert torch.equal(batch["image"], torch.from_numpy(decoded.images[idx]))
+    assert all(f.image is None for f in encoded.frames + decoded.frames)  # one copy: the bank's
+
+
 def test_pretrain_writes_checkpoints_logs_and_resumes(dataset, tmp_path):
     cfg = PretrainConfig.from_dict({
         "policy": SMALL_VLA,
@@ -206,8 +222,8 @@ def test_sigterm_while_loading_the_data_exits_at_once(dataset, tmp_path, monkeyp
         ds = open_dataset(path)
         records = ds.iter_records
 
-        def iter_records(stride):
-            for k, rec in enumerate(records(stride)):
+        def iter_records(stride, **kwargs):
+            for k, rec in enumerate(records(stride, **kwargs)):
                 if k == 1:
                     os.kill(os.getpid(), signal.SIGTERM)
                 yield rec
