@@ -7,9 +7,8 @@ Qwen2-0.5B-class configuration. Prints JSON.
   with LoRA folded in (`merge_for_inference`, as `takeover drive --agent checkpoint:` does), one thread,
   on camera frames from `--data` (or random images). With a trained `--checkpoint` the commentary has
   its real length; an untrained model is capped at `--max-tokens`.
-- training: `training_loss` + backward + AdamW step of the tiny VLA on batches of 32, as pre-training
-  runs it (LoRA adapter bypassed while the base weights train; threads: torch's default, or
-  `--train-threads`).
+- training: `training_loss` + backward + AdamW step of the tiny VLA on batches of 32 (threads: torch's
+  default, or `--train-threads`).
 - large: the `qwen2-0.5b` preset built from its config (random weights, nothing downloaded): parameter
   counts (vision encoder, LLM, heads), LoRA (r 32, all linear layers) parameters, weight memory in
   float32 / bfloat16 and the process's resident memory after building it.
@@ -114,8 +113,7 @@ def training(steps: int, threads: int) -> dict:
     for k in range(steps + 3):
         t = time.perf_counter()
         opt.zero_grad()
-        with model.imitation_context():  # as `takeover pretrain` runs its steps
-            model.training_loss(batch)["loss"].backward()
+        model.training_loss(batch)["loss"].backward()
         opt.step()
         if k >= 3:
             times.append(time.perf_counter() - t)

@@ -17,7 +17,6 @@ Run folder layout:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import threading
@@ -328,7 +327,6 @@ def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, re
         f"{per_epoch} steps x {tc.epochs} epochs"
     )
     loss_args = {"weights": tc.loss_weights} if tc.loss_weights else {}  # the planner's loss takes none
-    imitation_context = getattr(model, "imitation_context", contextlib.nullcontext)
     halt = ""  # why the run ends before its last epoch
     t_start = time.perf_counter() - state["minutes"] * 60
     # a run stopped mid-epoch (max_minutes, SIGTERM) resumes at the batch after its last one: the epoch's
@@ -345,8 +343,7 @@ def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, re
             first = 0
             for b in bar:
                 batch = builder.build(order[b * tc.batch_size : (b + 1) * tc.batch_size])
-                with imitation_context():
-                    losses = model.training_loss(batch, **loss_args)
+                losses = model.training_loss(batch, **loss_args)
                 opt.zero_grad(set_to_none=True)
                 losses["loss"].backward()
                 if tc.grad_clip:

@@ -566,21 +566,6 @@ class VLA(nn.Module):
             for n, p in self.llm.named_parameters():  # set_adapter marks the active adapter trainable
                 p.requires_grad_(grads[n])
 
-    def adapter_is_identity(self) -> bool:
-        """True while the current adapter changes nothing (every lora_B zero, as peft initialises it)."""
-        return not any(
-            p.any() for n, p in self.llm.named_parameters() if "lora_B" in n and f".{REFERENCE}." not in n
-        )
-
-    def imitation_context(self) -> contextlib.AbstractContextManager:
-        """What pre-training runs its steps in. With `lora.train_base` the base weights train, so an
-        adapter still at identity would only add a second, low-rank path to the same weights (a third of
-        the tiny model's step): it is bypassed and left at identity for post-training to train. An adapter
-        that already learned something (a run started before this rule) keeps training with the base."""
-        if self.config.lora.train_base and self.adapter_is_identity():
-            return self.adapter(None)
-        return contextlib.nullcontext()
-
     def add_reference_adapter(self) -> None:
         """Freeze a copy of the current adapter as the GRPO / DPO reference policy."""
         self._check_not_merged("given a reference adapter")

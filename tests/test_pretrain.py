@@ -153,8 +153,6 @@ def test_pretrain_writes_checkpoints_logs_and_resumes(dataset, tmp_path):
     with pytest.raises(PretrainError, match="already holds a training run"):
         pretrain([dataset], cfg, run, progress=False)
     first = load_policy(run / "checkpoints" / "epoch_001")
-    # the tiny preset trains the LLM's base weights: the LoRA adapter stays at identity for post-training
-    assert first.config.lora.train_base and first.adapter_is_identity()
     # resume: a second epoch continues the step count and the schedule from the saved state
     cfg.train.epochs = 2
     pretrain([dataset], cfg, run, resume=True, progress=False)
