@@ -97,20 +97,26 @@ class EncodedImages:
 
     def __getitem__(self, idx: int | np.ndarray) -> np.ndarray:
         if np.ndim(idx) == 0:
-            return decode_image(self.blobs[int(idx)]).transpose(2, 0, 1)
+            return self[np.array([idx])][0]
         idx = np.asarray(idx).reshape(-1)
         out = np.empty((len(idx), *self.image_shape), np.uint8)
         for j, i in enumerate(idx):
-            out[j] = decode_image(self.blobs[i]).transpose(2, 0, 1)
+            try:
+                out[j] = decode_image(self.blobs[i]).transpose(2, 0, 1)
+            except (OSError, ValueError) as e:  # a truncated or damaged file in the shard
+                raise DataError(f"the stored image of bank frame {int(i)} cannot be decoded: {e}") from e
         return out
 
 
-def _stored_image_shape(data: bytes) -> tuple[int, int, int]:
+def _stored_image_shape(data: bytes, where: str) -> tuple[int, int, int]:
     """(3, H, W) of a stored image from its header, without decoding the pixels."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(io.BytesIO(data)) as im:
-        return (3, im.height, im.width)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return (3, im.height, im.width)
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{where}: the stored image is not a readable JPEG / PNG ({e})") from e
 
 
 @dataclass
@@ -189,7 +195,7 @@ class FrameBank:
                 if decode_images:
                     shape = f.image.transpose(2, 0, 1).shape
                 else:
-                    shape = _stored_image_shape(rec.image_bytes)
+                    shape = _stored_image_shape(rec.image_bytes, f"{d}: frame {f.tick} of route {f.route_id}")
                 if image_shape is None:
                     image_shape = shape
                     if decode_images:

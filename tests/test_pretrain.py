@@ -7,6 +7,8 @@ import json
 import threading
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -136,6 +138,24 @@ def test_bank_keeps_images_encoded_and_decodes_them_per_batch(dataset):
     batch = BatchBuilder(encoded, dream_share=0.0).build(idx)
     assert torch.equal(batch["image"], torch.from_numpy(decoded.images[idx]))
     assert all(f.image is None for f in encoded.frames + decoded.frames)  # one copy: the bank's
+
+
+def test_damaged_stored_images_are_clear_errors(dataset, tmp_path):
+    bank = FrameBank.load([dataset], progress=False)
+    good = bank.images.blobs[3]
+    bank.images.blobs[3] = good[: len(good) // 3]  # a truncated file: the header reads, the pixels do not
+    with pytest.raises(DataError, match="bank frame 3 cannot be decoded"):
+        BatchBuilder(bank, dream_share=0.0).build([0, 3])
+    broken = tmp_path / "broken"
+    with DatasetWriter(broken, kind="expert") as w:
+        frame = straight_frame(0, 0.0)
+        w.add_segment(TakeoverSegment("x", "expert", 0, "x", "grid", [frame], np.zeros(1, bool)))
+    shard = next(broken.glob("*.parquet"))
+    table = pq.read_table(shard)
+    column = table.schema.get_field_index("image")
+    pq.write_table(table.set_column(column, "image", pa.array([b"not an image"], pa.binary())), shard)
+    with pytest.raises(DataError, match="frame 0 of route r1: the stored image is not a readable"):
+        FrameBank.load([broken], progress=False)
 
 
 def test_pretrain_writes_checkpoints_logs_and_resumes(dataset, tmp_path):
