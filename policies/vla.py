@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,13 +75,15 @@ def masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 class VisionEncoder(nn.Module):
     """Image (B, 3, H, W) uint8 -> (B, T, C) tokens on a fixed grid. With `vision.history_s` the image
-    of that many seconds earlier comes too and the two are stacked as six input channels."""
+    of that many seconds earlier comes too and the two are stacked as six input channels; with
+    `vision.crop` the encoder sees that part of the image, resized to `vision.image_size`."""
 
     def __init__(self, cfg: VLAConfig) -> None:
         super().__init__()
         v = cfg.vision
         v.validate()
         self.image_size = tuple(v.image_size)
+        self.crop = tuple(v.crop) if v.crop is not None else None
         self.grid = tuple(v.token_grid)
         self.history = v.history_s > 0
         channels = 6 if self.history else 3
@@ -139,6 +142,14 @@ class VisionEncoder(nn.Module):
                     "this VLA sees the camera history (vision.history_s): the batch needs 'previous_image'"
                 )
             image = torch.cat([image, previous.to(image.device)], dim=1)
+        if self.crop is not None:
+            top, left, height, width = self.crop
+            if top + height > image.shape[-2] or left + width > image.shape[-1]:
+                raise ValueError(
+                    f"vision.crop {self.crop} (top, left, height, width) reaches outside the "
+                    f"{image.shape[-2]} x {image.shape[-1]} camera image"
+                )
+            image = image[..., top : top + height, left : left + width]
         x = image.float() / 255.0
         if tuple(x.shape[-2:]) != self.image_size:
             x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
@@ -232,7 +243,9 @@ class VLA(nn.Module):
             else list(cfg.lora.target_modules),
         )  # fmt: skip
         self.lora_config = lora
-        self.llm = get_peft_model(llm, lora)
+        with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing`
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            self.llm = get_peft_model(llm, lora)
         d = llm.config.hidden_size
         self.vision = VisionEncoder(cfg)
         self.projector = _mlp(self.vision.channels, d, d)

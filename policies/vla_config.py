@@ -29,6 +29,10 @@ class VisionConfig:
     path: str | None = None  # local folder of a pretrained vision model (type "pretrained")
     trust_remote_code: bool = False  # run the model code shipped in that folder (InternViT's)
     image_size: tuple[int, int] = (128, 256)  # (H, W) the camera image is resized to
+    # (top, left, height, width) in camera pixels: the part of the image the encoder sees, cut out before
+    # the resize. Spends the encoder's pixels where small hazards are (around the horizon) instead of on
+    # the sky and the image's outer edges; None: the whole image.
+    crop: tuple[int, int, int, int] | None = None
     token_grid: tuple[int, int] = (4, 8)  # image features are pooled to rows x cols tokens
     # > 0: the camera image this many seconds earlier is stacked with the current one as three more input
     # channels (early fusion), so that motion shows: a lead closing in, a pedestrian stepping out. One
@@ -46,6 +50,17 @@ class VisionConfig:
     patch_size: int = 14
 
     def validate(self) -> None:
+        if self.crop is not None:
+            four = isinstance(self.crop, (tuple, list)) and len(self.crop) == 4
+            if not four or not all(isinstance(c, int) and not isinstance(c, bool) for c in self.crop):
+                raise ConfigError(
+                    f"vision.crop must be four integers (top, left, height, width), got {self.crop}"
+                )
+            top, left, height, width = self.crop
+            if top < 0 or left < 0 or height < 1 or width < 1:
+                raise ConfigError(
+                    f"vision.crop {tuple(self.crop)}: top and left must be >= 0, height and width >= 1"
+                )
         if self.history_s < 0:
             raise ConfigError(f"vision.history_s must be >= 0 seconds, got {self.history_s}")
         if self.history_s > 0 and self.type == "pretrained":

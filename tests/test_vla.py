@@ -458,3 +458,37 @@ def test_camera_history_stacks_the_earlier_image_and_the_agent_keeps_it(tokenize
         VLAConfig.from_dict({"vision": {"type": "pretrained", "path": "/x", "history_s": 0.4}})
     with pytest.raises(ConfigError, match=">= 0"):
         VLAConfig.from_dict({"vision": {"history_s": -1}})
+
+
+def test_crop_encodes_that_part_of_the_camera_image(tokenizer, tmp_path):
+    from policies.vla import VisionEncoder
+
+    cropped_cfg = small_config()
+    cropped_cfg.vision.crop = (8, 16, 16, 32)  # a 16 x 32 window of the 32 x 64 image, resized to 32 x 64
+    torch.manual_seed(3)
+    cropped = VisionEncoder(cropped_cfg).eval()
+    whole = VisionEncoder(small_config()).eval()
+    whole.load_state_dict(cropped.state_dict())
+    image = torch.randint(0, 256, (2, 3, 32, 64), dtype=torch.uint8)
+    window = image[..., 8:24, 16:48]
+    torch.testing.assert_close(cropped(image), whole(window))
+    # what lies outside the window does not reach the tokens; what lies inside does
+    outside = image.clone()
+    outside[..., :8, :] = 0
+    outside[..., :, 48:] = 255
+    torch.testing.assert_close(cropped(outside), cropped(image))
+    inside = image.clone()
+    inside[..., 10:20, 20:40] = 255 - inside[..., 10:20, 20:40]
+    assert not torch.allclose(cropped(inside), cropped(image))
+    with pytest.raises(ValueError, match="outside the 16 x 64 camera image"):
+        cropped(image[..., :16, :])
+    # the crop is part of the checkpoint's config
+    model = VLA(cropped_cfg, tokenizer).eval()
+    model.save(tmp_path / "ckpt")
+    again = load_policy(tmp_path / "ckpt").eval()
+    assert again.vision.crop == (8, 16, 16, 32)
+    torch.testing.assert_close(again.predict(make_batch())["path"], model.predict(make_batch())["path"])
+    with pytest.raises(ConfigError, match="four integers"):
+        VLAConfig.from_dict({"vision": {"crop": [0, 0, 16]}})
+    with pytest.raises(ConfigError, match="height and width >= 1"):
+        VLAConfig.from_dict({"vision": {"crop": [0, 0, 0, 32]}})
