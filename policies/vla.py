@@ -84,6 +84,9 @@ class VisionEncoder(nn.Module):
         v.validate()
         self.image_size = tuple(v.image_size)
         self.crop = tuple(v.crop) if v.crop is not None else None
+        self.fovea = tuple(v.fovea) if v.fovea is not None else None
+        self.fovea_size = tuple(v.fovea_size) if v.fovea_size is not None else None
+        self.fovea_grid = tuple(v.fovea_grid)
         self.grid = tuple(v.token_grid)
         self.history = v.history_s > 0
         channels = 6 if self.history else 3
@@ -133,7 +136,8 @@ class VisionEncoder(nn.Module):
 
     @property
     def num_tokens(self) -> int:
-        return self.grid[0] * self.grid[1]
+        fovea = self.fovea_grid[0] * self.fovea_grid[1] if self.fovea is not None else 0
+        return self.grid[0] * self.grid[1] + fovea
 
     def forward(self, image: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
         if self.history:
@@ -142,17 +146,19 @@ class VisionEncoder(nn.Module):
                     "this VLA sees the camera history (vision.history_s): the batch needs 'previous_image'"
                 )
             image = torch.cat([image, previous.to(image.device)], dim=1)
-        if self.crop is not None:
-            top, left, height, width = self.crop
-            if top + height > image.shape[-2] or left + width > image.shape[-1]:
-                raise ValueError(
-                    f"vision.crop {self.crop} (top, left, height, width) reaches outside the "
-                    f"{image.shape[-2]} x {image.shape[-1]} camera image"
-                )
-            image = image[..., top : top + height, left : left + width]
+        tokens = self._encode(_window(image, self.crop, "crop"), self.image_size, self.grid)
+        if self.fovea is None:
+            return tokens
+        window = _window(image, self.fovea, "fovea")
+        # a ResNet takes the window at its own size; a ViT's position embeddings fix its input size
+        size = self.fovea_size or (tuple(window.shape[-2:]) if self.is_conv else self.image_size)
+        detail = self._encode(window, size, self.fovea_grid)
+        return torch.cat([tokens, detail], dim=1)
+
+    def _encode(self, image: torch.Tensor, size: tuple[int, ...], grid: tuple[int, ...]) -> torch.Tensor:
         x = image.float() / 255.0
-        if tuple(x.shape[-2:]) != self.image_size:
-            x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         x = (x - 0.5) / 0.5
         x = x.to(next(self.model.parameters()).dtype)
         if self.channels_last:
@@ -160,11 +166,24 @@ class VisionEncoder(nn.Module):
         out = self.model(pixel_values=x).last_hidden_state
         if not self.is_conv:  # (B, N, C) patch tokens, after a CLS token if there is one -> grid
             patch = getattr(self.model.config, "patch_size", 14)
-            rows, cols = self.image_size[0] // patch, self.image_size[1] // patch
+            rows, cols = size[0] // patch, size[1] // patch
             out = out[:, out.shape[1] - rows * cols :]
             out = out.transpose(1, 2).reshape(out.shape[0], -1, rows, cols)
-        out = F.adaptive_avg_pool2d(out, self.grid)
+        out = F.adaptive_avg_pool2d(out, grid)
         return out.flatten(2).transpose(1, 2)
+
+
+def _window(image: torch.Tensor, window: tuple[int, ...] | None, name: str) -> torch.Tensor:
+    """The (top, left, height, width) window of a (B, C, H, W) image; the whole image for None."""
+    if window is None:
+        return image
+    top, left, height, width = window
+    if top + height > image.shape[-2] or left + width > image.shape[-1]:
+        raise ValueError(
+            f"vision.{name} {window} (top, left, height, width) reaches outside the "
+            f"{image.shape[-2]} x {image.shape[-1]} camera image"
+        )
+    return image[..., top : top + height, left : left + width]
 
 
 def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:

@@ -33,6 +33,13 @@ class VisionConfig:
     # the resize. Spends the encoder's pixels where small hazards are (around the horizon) instead of on
     # the sky and the image's outer edges; None: the whole image.
     crop: tuple[int, int, int, int] | None = None
+    # (top, left, height, width) in camera pixels: a second view, a window around the horizon at the
+    # camera's full resolution (or resized to `fovea_size`), encoded by the same encoder and pooled to
+    # `fovea_grid` more tokens after the whole view's: the detail of small hazards without losing the wide
+    # view (InternVL's tiles next to a thumbnail, at this scale). None: no second view.
+    fovea: tuple[int, int, int, int] | None = None
+    fovea_size: tuple[int, int] | None = None  # (H, W) the window is resized to; None: its own size
+    fovea_grid: tuple[int, int] = (2, 4)
     token_grid: tuple[int, int] = (4, 8)  # image features are pooled to rows x cols tokens
     # > 0: the camera image this many seconds earlier is stacked with the current one as three more input
     # channels (early fusion), so that motion shows: a lead closing in, a pedestrian stepping out. One
@@ -50,17 +57,19 @@ class VisionConfig:
     patch_size: int = 14
 
     def validate(self) -> None:
-        if self.crop is not None:
-            four = isinstance(self.crop, (tuple, list)) and len(self.crop) == 4
-            if not four or not all(isinstance(c, int) and not isinstance(c, bool) for c in self.crop):
-                raise ConfigError(
-                    f"vision.crop must be four integers (top, left, height, width), got {self.crop}"
-                )
-            top, left, height, width = self.crop
-            if top < 0 or left < 0 or height < 1 or width < 1:
-                raise ConfigError(
-                    f"vision.crop {tuple(self.crop)}: top and left must be >= 0, height and width >= 1"
-                )
+        for name in ("crop", "fovea"):
+            _check_window(name, getattr(self, name))
+        for name in ("fovea_size", "fovea_grid"):
+            value = getattr(self, name)
+            pair = isinstance(value, (tuple, list)) and len(value) == 2
+            if value is not None and not (pair and all(isinstance(c, int) and c >= 1 for c in value)):
+                raise ConfigError(f"vision.{name} must be two positive integers (rows, cols), got {value}")
+        resized = self.fovea_size is not None and tuple(self.fovea_size) != tuple(self.image_size)
+        if resized and self.type != "resnet":
+            raise ConfigError(
+                f"vision.fovea_size {tuple(self.fovea_size)}: a {self.type} encoder takes its image_size "
+                f"{tuple(self.image_size)} only (leave fovea_size unset: the window is resized to it)"
+            )
         if self.history_s < 0:
             raise ConfigError(f"vision.history_s must be >= 0 seconds, got {self.history_s}")
         if self.history_s > 0 and self.type == "pretrained":
@@ -75,6 +84,20 @@ class VisionConfig:
         from envs.buckets import TICK_DT
 
         return max(round(self.history_s / TICK_DT), 1) if self.history_s > 0 else 0
+
+
+def _check_window(name: str, window: object) -> None:
+    """A (top, left, height, width) window in camera pixels, or None."""
+    if window is None:
+        return
+    four = isinstance(window, (tuple, list)) and len(window) == 4
+    if not four or not all(isinstance(c, int) and not isinstance(c, bool) for c in window):
+        raise ConfigError(f"vision.{name} must be four integers (top, left, height, width), got {window}")
+    top, left, height, width = window
+    if top < 0 or left < 0 or height < 1 or width < 1:
+        raise ConfigError(
+            f"vision.{name} {tuple(window)}: top and left must be >= 0, height and width >= 1"
+        )
 
 
 @dataclass

@@ -492,3 +492,38 @@ def test_crop_encodes_that_part_of_the_camera_image(tokenizer, tmp_path):
         VLAConfig.from_dict({"vision": {"crop": [0, 0, 16]}})
     with pytest.raises(ConfigError, match="height and width >= 1"):
         VLAConfig.from_dict({"vision": {"crop": [0, 0, 0, 32]}})
+
+
+def test_fovea_adds_tokens_of_a_full_resolution_window(tokenizer, tmp_path):
+    from policies.vla import VisionEncoder
+
+    cfg = small_config()
+    cfg.vision.image_size = (16, 32)  # the whole 32 x 64 image at half resolution ...
+    cfg.vision.fovea = (8, 16, 16, 32)  # ... and this window at full resolution
+    cfg.vision.fovea_grid = (1, 2)
+    torch.manual_seed(4)
+    enc = VisionEncoder(cfg).eval()
+    assert enc.num_tokens == 2 * 4 + 1 * 2
+    image = torch.randint(0, 256, (2, 3, 32, 64), dtype=torch.uint8)
+    tokens = enc(image)
+    assert tokens.shape == (2, 10, 16)
+    plain = VisionEncoder(dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, fovea=None))).eval()
+    plain.load_state_dict(enc.state_dict())
+    torch.testing.assert_close(tokens[:, :8], plain(image))  # the wide view's tokens come first, unchanged
+    window = VisionEncoder(dataclasses.replace(cfg, vision=dataclasses.replace(
+        cfg.vision, fovea=None, image_size=(16, 32), token_grid=(1, 2))))  # fmt: skip
+    window.load_state_dict(enc.state_dict())
+    torch.testing.assert_close(tokens[:, 8:], window.eval()(image[..., 8:24, 16:48]))
+    with pytest.raises(ValueError, match=r"vision\.fovea .* outside the 20 x 64 camera image"):
+        enc(image[..., :20, :])
+    # the whole model takes the extra tokens; checkpoints keep the fovea
+    model = VLA(cfg, tokenizer).eval()
+    model.save(tmp_path / "ckpt")
+    again = load_policy(tmp_path / "ckpt").eval()
+    assert again.vision.fovea == (8, 16, 16, 32) and again.vision.num_tokens == 10
+    torch.testing.assert_close(again.predict(make_batch())["path"], model.predict(make_batch())["path"])
+    assert again.generate(make_batch())["path"].shape == (3, 20, 2)
+    with pytest.raises(ConfigError, match=r"vision\.fovea must be four integers"):
+        VLAConfig.from_dict({"vision": {"fovea": [1, 2]}})
+    with pytest.raises(ConfigError, match="takes its image_size"):
+        VLAConfig.from_dict({"vision": {"type": "vit", "fovea": [0, 0, 8, 8], "fovea_size": [8, 8]}})
