@@ -76,7 +76,8 @@ def masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 class VisionEncoder(nn.Module):
     """Image (B, 3, H, W) uint8 -> (B, T, C) tokens on a fixed grid. With `vision.history_s` the image
     of that many seconds earlier comes too and the two are stacked as six input channels; with
-    `vision.crop` the encoder sees that part of the image, resized to `vision.image_size`."""
+    `vision.crop` the encoder sees that part of the image, resized to `vision.image_size`; with
+    `vision.fovea` a window of the image is encoded as well and its tokens follow the whole view's."""
 
     def __init__(self, cfg: VLAConfig) -> None:
         super().__init__()

@@ -58,12 +58,10 @@ class VisionConfig:
 
     def validate(self) -> None:
         for name in ("crop", "fovea"):
-            _check_window(name, getattr(self, name))
+            _check_ints(name, getattr(self, name), "four integers (top, left, height, width)", (0, 0, 1, 1),
+                        "top and left must be >= 0, height and width >= 1")  # fmt: skip
         for name in ("fovea_size", "fovea_grid"):
-            value = getattr(self, name)
-            pair = isinstance(value, (tuple, list)) and len(value) == 2
-            if value is not None and not (pair and all(isinstance(c, int) and c >= 1 for c in value)):
-                raise ConfigError(f"vision.{name} must be two positive integers (rows, cols), got {value}")
+            _check_ints(name, getattr(self, name), "two integers (rows, cols)", (1, 1), "both must be >= 1")
         resized = self.fovea_size is not None and tuple(self.fovea_size) != tuple(self.image_size)
         if resized and self.type != "resnet":
             raise ConfigError(
@@ -86,18 +84,15 @@ class VisionConfig:
         return max(round(self.history_s / TICK_DT), 1) if self.history_s > 0 else 0
 
 
-def _check_window(name: str, window: object) -> None:
-    """A (top, left, height, width) window in camera pixels, or None."""
-    if window is None:
+def _check_ints(name: str, value: object, shape: str, minimums: tuple[int, ...], rule: str) -> None:
+    """`value` is None or len(minimums) integers, each at least its minimum."""
+    if value is None:
         return
-    four = isinstance(window, (tuple, list)) and len(window) == 4
-    if not four or not all(isinstance(c, int) and not isinstance(c, bool) for c in window):
-        raise ConfigError(f"vision.{name} must be four integers (top, left, height, width), got {window}")
-    top, left, height, width = window
-    if top < 0 or left < 0 or height < 1 or width < 1:
-        raise ConfigError(
-            f"vision.{name} {tuple(window)}: top and left must be >= 0, height and width >= 1"
-        )
+    ints = isinstance(value, (tuple, list)) and len(value) == len(minimums)
+    if not ints or not all(isinstance(c, int) and not isinstance(c, bool) for c in value):
+        raise ConfigError(f"vision.{name} must be {shape}, got {value}")
+    if any(c < lo for c, lo in zip(value, minimums, strict=True)):
+        raise ConfigError(f"vision.{name} {tuple(value)}: {rule}")
 
 
 @dataclass
