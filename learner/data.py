@@ -230,6 +230,14 @@ class FrameBank:
     def languages(self) -> list[str]:
         return [f.language for f in self.frames if f.language]
 
+    def canonicalise_language(self) -> None:
+        """Rewrite each frame's commentary in its templates' canonical phrasing (`train.canonical_language`;
+        `policies.language.canonical_commentary` says why)."""
+        from policies.language import canonical_commentary
+
+        for f in self.frames:
+            f.language = canonical_commentary(f.language)
+
     def trajectories(self) -> np.ndarray:
         """(M, 60) expert path + speed waypoints of the frames that have both (planner anchors)."""
         rows = [

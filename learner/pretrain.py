@@ -70,6 +70,9 @@ class TrainConfig:
     threads: int = 0  # torch threads (0: leave torch's default)
     max_minutes: float = 0.0  # stop (with a checkpoint) after this much training time, the cosine
     # schedule ending with it if the steps take longer (budget_step); 0: no limit
+    # train on the commentary with each template's first phrasing only (policies.language.canonical_commentary
+    # says why); off: the labels' phrasing variety, as SimLingo
+    canonical_language: bool = False
 
 
 @dataclass
@@ -276,6 +279,8 @@ def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, re
         data, progress=progress, stride=tc.frame_stride, hz=tc.frame_hz, takeover_hz=tc.takeover_frame_hz,
         decode_images=tc.decode_images,
     )  # fmt: skip
+    if tc.canonical_language:
+        bank.canonicalise_language()
     probs = bucket_weights(bank.frames, tc.bucket_weights)
     if tc.takeover_share > 0:
         probs = with_takeover_share(probs, bank.from_takeover, tc.takeover_share)

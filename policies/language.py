@@ -33,6 +33,8 @@ depend on the order in which frames are labelled.
 
 from __future__ import annotations
 
+import functools
+import re
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -495,6 +497,53 @@ ENHANCEMENTS: dict[str, Enhancement] = {
         ),
     ),
 }
+
+
+# ----------------------------------------------------------------------------------- canonical phrasing
+def _phrasing_map() -> dict[str, str]:
+    """Every phrasing of the commentary's tables (route / speed actions, reasons with their objects, the
+    takeover openers) -> the table's first one."""
+    out: dict[str, str] = {}
+
+    def add(options: Sequence[str], objects: Sequence[str] = ("",)) -> None:
+        for option in options:
+            for obj in objects:
+                variant, canonical = option.format(obj=obj), options[0].format(obj=objects[0])
+                # a phrasing in two tables ("to let the emergency vehicle pass": yielding, or giving way on
+                # a collision course) keeps the first table's canonical one: the two mean the same
+                out.setdefault(variant, canonical)
+                out.setdefault(_cap(variant), _cap(canonical))
+
+    tables = [*ROUTE_PHRASES.values(), *SPEED_PHRASES.values(), *SLOW_REASONS.values(), YIELD_REASONS,
+              TURN_REASONS, JUNCTION_REASONS, CLEAR_REASONS, STUCK_REASONS]  # fmt: skip
+    for options in tables:
+        add(options)
+    for kind, objects in OBJECTS.items():
+        add(BYPASS_REASONS, objects)
+        add(CONFLICT_REASONS, CONFLICT_OBJECTS.get(kind, objects))
+    for enh in ENHANCEMENTS.values():
+        add(enh.openers)
+        add([o[:1].lower() + o[1:] for o in enh.openers])
+    return {k: v for k, v in out.items() if k != v}
+
+
+@functools.cache
+def _phrasing_pattern() -> tuple[re.Pattern[str], dict[str, str]]:
+    phrasings = _phrasing_map()
+    return re.compile("|".join(re.escape(k) for k in sorted(phrasings, key=len, reverse=True))), phrasings
+
+
+def canonical_commentary(text: str) -> str:
+    """The commentary with every phrasing replaced by its template's first (as `rng=None` draws it):
+    "Keep following the lane. Reduce speed to keep a safe distance to the cyclist." -> "Follow the route.
+    Decelerate to stay behind the cyclist." Takeover labels' clauses and sentence forms keep theirs.
+
+    Why (`train.canonical_language`): a small model spreads the probability of one decision over the
+    decision's phrasings, and greedy decoding then favours the decision whose phrasings share a first
+    word with another's: "Maintain" / "Keep" start both "Maintain speed" and "Maintain the reduced
+    speed", while "Decelerate" / "Slow down" / "Reduce speed" each start with their own."""
+    pattern, phrasings = _phrasing_pattern()
+    return pattern.sub(lambda m: phrasings[m.group(0)], text)
 
 
 def trigger_key(trigger: str) -> str:

@@ -21,6 +21,7 @@ from policies.language import (
     LabelGenerator,
     RouteAction,
     SpeedAction,
+    canonical_commentary,
     cause_kind,
     commentary,
     describe,
@@ -363,3 +364,41 @@ def test_predicted_collision_reads_as_giving_way_not_following():
     # Without the hazard it stays a leading object.
     plain = state(SpeedAction.STOP, cause="vehicle")
     assert commentary(plain) == "Follow the route. Stop now to stay behind the vehicle."
+
+
+def _label_states() -> list[ExpertState]:
+    """Every speed action x route command x cause (none, each kind, a collision course), lane changes
+    around / for each kind, a stuck restart."""
+    commands = (RoadOption.LANEFOLLOW, RoadOption.LEFT, RoadOption.RIGHT, RoadOption.STRAIGHT)
+    states = [state(act, command=cmd, cause=kind) for act in SpeedAction for cmd in commands
+              for kind in (None, *ALL_KINDS)]  # fmt: skip
+    states += [state(act, cause="vehicle", hazards={"collision": True}) for act in SpeedAction]
+    states += [
+        state(SpeedAction.KEEP, cause=kind, lane_change=side)
+        for kind in ALL_KINDS
+        for side in ("left", "right")
+    ]
+    states.append(state(SpeedAction.ACCELERATE, stuck=True))
+    return states
+
+
+def test_canonical_commentary_gives_one_text_per_decision():
+    states = _label_states()
+    canonical = {}
+    for s in states:
+        texts = {canonical_commentary(commentary(s, seed)) for seed in SEEDS}
+        assert len(texts) == 1, (s, texts)  # every phrasing of this label -> one text
+        text = texts.pop()
+        assert canonical_commentary(text) == text
+        canonical[commentary(s)] = text
+    # Labels that differ in meaning (their first phrasings differ) stay apart: the speed action and the
+    # cause survive, only the wording is merged.
+    assert len(set(canonical.values())) == len(canonical)
+    assert canonical_commentary(
+        "Keep following the lane. Reduce speed to keep a safe distance to the cyclist."
+    ) == ("Follow the route. Decelerate to stay behind the cyclist.")
+    assert canonical_commentary("Follow the road. Hold the speed.") == "Follow the route. Maintain speed."
+    # Takeover openers are merged too; their clauses keep their wording.
+    assert canonical_commentary("Slow down now: the car ahead is slowing down.") == (
+        "Brake now: the car ahead is slowing down."
+    )

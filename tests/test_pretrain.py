@@ -28,6 +28,7 @@ from learner.data import (
 )
 from learner.pretrain import PretrainConfig, PretrainError, budget_step, lr_factor, pretrain
 from policies.checkpoint import CheckpointError, load_policy
+from policies.language import canonical_commentary
 from takeover.cli import app
 
 SMALL_VLA = {
@@ -113,6 +114,16 @@ def test_batches_carry_masks_and_action_dreaming_samples(dataset):
     plain = BatchBuilder(bank, dream_share=0.0).build([0, 1])
     assert plain["instruction"] == ["", ""] and plain["has_path"].all()
     torch.testing.assert_close(plain["path"][1], torch.from_numpy(bank.frames[1].path).float())
+
+
+def test_bank_rewrites_the_commentary_in_canonical_phrasing(dataset):
+    bank = FrameBank.load([dataset], progress=False)
+    wordings = ("Keep following the lane. Hold the speed.", "Follow the road. Keep the current speed.")
+    for k, f in enumerate(bank.frames[:10]):
+        f.language = wordings[k % 2]
+    bank.canonicalise_language()
+    assert {f.language for f in bank.frames[:10]} == {"Follow the route. Maintain speed."}
+    assert all(f.language == canonical_commentary(f.language) for f in bank.frames)
 
 
 def test_bank_refuses_mixed_image_sizes(dataset, tmp_path):
