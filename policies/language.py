@@ -534,7 +534,7 @@ def _phrasing_pattern() -> tuple[re.Pattern[str], dict[str, str]]:
 
 
 def canonical_commentary(text: str) -> str:
-    """The commentary with every phrasing replaced by its template's first (as `rng=None` draws it):
+    """The commentary with every phrasing replaced by one canonical phrasing, its template's first:
     "Keep following the lane. Reduce speed to keep a safe distance to the cyclist." -> "Follow the route.
     Decelerate to stay behind the cyclist." Takeover labels' clauses and sentence forms keep theirs.
 
