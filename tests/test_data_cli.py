@@ -207,7 +207,9 @@ def test_sigterm_during_collection_writes_the_buffered_segments(tmp_path):
     try:
         assert child.stdout.readline().strip() == "buffered", child.stderr.read()
         child.send_signal(signal.SIGTERM)
-        _, err = child.communicate(timeout=60)
+        # generous: the flush takes well under a second, but on a loaded machine the child may wait minutes
+        # for CPU time (it once took over 60 s there)
+        _, err = child.communicate(timeout=240)
     finally:
         child.kill()
     assert child.returncode == 143, err
