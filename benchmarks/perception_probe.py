@@ -30,10 +30,11 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 from torch import nn
 
+from envs.dataset import DatasetError
 from envs.geometry import to_ego_frame
 from envs.scene import AgentKind
-from learner.data import FrameBank
-from policies.checkpoint import load_policy, resolve_checkpoint
+from learner.data import DataError, FrameBank
+from policies.checkpoint import CheckpointError, load_policy, resolve_checkpoint
 
 CLASSES = {
     "vehicle": (AgentKind.VEHICLE, AgentKind.EMERGENCY, AgentKind.PARKED_VEHICLE),
@@ -197,4 +198,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (CheckpointError, DatasetError, DataError) as exc:  # a missing or damaged input: one line
+        raise SystemExit(f"perception_probe: {exc}") from None
