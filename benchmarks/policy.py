@@ -6,7 +6,8 @@ Qwen2-0.5B-class configuration. Prints JSON.
 - latency: `predict` (image encoder, greedy commentary with a KV cache, then the 30 waypoint queries)
   with LoRA folded in (`merge_for_inference`, as `takeover drive --agent checkpoint:` does), one thread,
   on camera frames from `--data` (or random images). With a trained `--checkpoint` the commentary has
-  its real length; an untrained model is capped at `--max-tokens`.
+  its real length; an untrained model is capped at `--max-tokens`. `without_commentary_median_ms`: the
+  waypoints alone (`predict(..., commentary=False)`, the driving-only mode of `train.commentary_dropout`).
 - training: `training_loss` + backward + AdamW step of the tiny VLA on batches of 32 (threads: torch's
   default, or `--train-threads`).
 - large: the `qwen2-0.5b` preset built from its config (random weights, nothing downloaded): parameter
@@ -79,6 +80,11 @@ def latency(checkpoint: str | None, data: str | None, n: int, max_tokens: int) -
             out = model.generate(o)
             times.append(time.perf_counter() - t)
             tokens.append(len(out["answers"][0]))
+        silent = []
+        for o in obs:
+            t = time.perf_counter()
+            model.predict(o, commentary=False)
+            silent.append(time.perf_counter() - t)
     ms = np.asarray(times) * 1e3
     return {
         "checkpoint": checkpoint,
@@ -88,6 +94,7 @@ def latency(checkpoint: str | None, data: str | None, n: int, max_tokens: int) -
         "p90_ms": round(float(np.percentile(ms, 90)), 2),
         "mean_answer_tokens": round(float(np.mean(tokens)), 1),
         "example_commentary": out["texts"][0],
+        "without_commentary_median_ms": round(float(np.median(silent)) * 1e3, 2),
         "target_ms": 30,
     }
 

@@ -309,11 +309,12 @@ class BatchBuilder:
     """Frame indices -> a batch dict (see the module docstring); Action Dreaming samples mixed in."""
 
     def __init__(self, bank: FrameBank, dream_share: float = 0.0, seed: int = 0, bev: bool = False,
-                 history_ticks: int = 0, history_dropout: float = 0.0) -> None:  # fmt: skip
-        if not 0.0 <= dream_share <= 1.0:
-            raise DataError(f"dream_share must be in [0, 1], got {dream_share}")
-        if not 0.0 <= history_dropout <= 1.0:
-            raise DataError(f"history_dropout must be in [0, 1], got {history_dropout}")
+                 history_ticks: int = 0, history_dropout: float = 0.0,
+                 commentary_dropout: float = 0.0) -> None:  # fmt: skip
+        for name, share in (("dream_share", dream_share), ("history_dropout", history_dropout),
+                            ("commentary_dropout", commentary_dropout)):  # fmt: skip
+            if not 0.0 <= share <= 1.0:
+                raise DataError(f"{name} must be in [0, 1], got {share}")
         self.bank = bank
         # A VLA with camera history (`vision.history_s`) also gets the image `history_ticks` earlier. With
         # `history_dropout` that share of the samples gets the current image again, as at a standstill:
@@ -323,6 +324,12 @@ class BatchBuilder:
         self.previous = bank.previous_indices(history_ticks) if history_ticks > 0 else None
         self.history_dropout = history_dropout
         self.bev = bev  # add the BEV occupancy targets (for a VLA with `bev_head`)
+        # `commentary_dropout`: that share of the recorded frames comes without its commentary (an empty
+        # answer: no language loss, the waypoint queries follow the prompt). With the expert's commentary
+        # always teacher-forced, the waypoint heads learn to read the commentary rather than the image, and
+        # in closed loop they then follow the policy's own commentary where it misses a hazard; samples
+        # without it make them read the image too, and let the policy drive without commentary.
+        self.commentary_dropout = commentary_dropout
         self.dream_share = dream_share
         self.rng = np.random.default_rng(seed)
         self._dreams: dict[int, list] = {}
@@ -370,7 +377,8 @@ class BatchBuilder:
                 mode.append(d["mode"])
             else:
                 f_path, f_speed = f.path, f.speed_waypoints
-                language.append(f.language)
+                dropped = self.commentary_dropout and self.rng.random() < self.commentary_dropout
+                language.append("" if dropped else f.language)
                 instruction.append("")
                 mode.append("")
             if f_path is not None:

@@ -73,6 +73,9 @@ class TrainConfig:
     # train on the commentary with each template's first phrasing only (policies.language.canonical_commentary
     # says why); off: the labels' phrasing variety, as SimLingo
     canonical_language: bool = False
+    # VLA: share of the recorded frames trained without their commentary, so that the waypoints also come
+    # from the image alone (learner.data.BatchBuilder says why; drive so: --agent-arg commentary=false)
+    commentary_dropout: float = 0.0
 
 
 @dataclass
@@ -114,8 +117,11 @@ class PretrainConfig:
                 f"train.frame_hz must be >= 0 and is an alternative to frame_stride (got frame_hz "
                 f"{tc.frame_hz}, frame_stride {tc.frame_stride})"
             )
-        if not 0.0 <= tc.history_dropout <= 1.0:
-            raise PretrainError(f"train.history_dropout must be in [0, 1], got {tc.history_dropout}")
+        for name in ("history_dropout", "commentary_dropout"):
+            if not 0.0 <= getattr(tc, name) <= 1.0:
+                raise PretrainError(f"train.{name} must be in [0, 1], got {getattr(tc, name)}")
+        if tc.commentary_dropout and policy.get("architecture") != "vla":
+            raise PretrainError("train.commentary_dropout applies to the VLA (the planner has no commentary)")
         if tc.takeover_frame_hz < 0:
             raise PretrainError(f"train.takeover_frame_hz must be >= 0, got {tc.takeover_frame_hz}")
         return PretrainConfig(policy=dict(policy), train=tc)
@@ -314,7 +320,7 @@ def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, re
     history = int(getattr(model, "history_ticks", 0))
     builder = BatchBuilder(
         bank, tc.dream_share, seed=tc.seed + state["epoch"], bev=getattr(model, "bev_head", None) is not None,
-        history_ticks=history, history_dropout=tc.history_dropout,
+        history_ticks=history, history_dropout=tc.history_dropout, commentary_dropout=tc.commentary_dropout,
     )  # fmt: skip
     if builder.previous is not None:
         ticks = np.array([f.tick for f in bank.frames])

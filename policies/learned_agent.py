@@ -8,6 +8,8 @@ instruction (`instruction="Slow down."`, mode "instruction_following" or "safety
 Dreaming: `takeover drive --agent checkpoint:PATH --agent-arg "instruction=Slow down."`. A VLA with
 camera history (`vision.history_s`) also gets the image of that many ticks earlier; the agent keeps the
 images since (until there are enough, the oldest it has: at the start of a route the ego stands).
+`commentary=false` drives a VLA without generating commentary (its waypoints from the prompt alone; for
+one trained with `train.commentary_dropout`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class CheckpointAgent:
         threads: int = 0,
         instruction: str | None = None,
         mode: str = "instruction_following",
+        commentary: bool = True,
     ) -> None:
         self.path = Path(path)
         self.instruction = instruction or None
@@ -46,6 +49,8 @@ class CheckpointAgent:
         if hasattr(self.policy, "merge_for_inference"):
             self.policy.merge_for_inference()
         self.policy.eval()
+        leave_out = not commentary and hasattr(self.policy, "generate")  # the planner has no commentary
+        self._predict_args = {"commentary": False} if leave_out else {}
         self.name = f"{PREFIX}{self.path}"
         self.controller = WaypointController(creep=creep)
         self.history_ticks = int(getattr(self.policy, "history_ticks", 0))
@@ -71,7 +76,7 @@ class CheckpointAgent:
             batch["previous_image"] = self._images[0]
         if self.instruction:
             batch["instruction"], batch["mode"] = [self.instruction], [self.mode]
-        out = self.policy.predict(batch)
+        out = self.policy.predict(batch, **self._predict_args)
         path = out["path"][0].cpu().numpy().astype(np.float64)
         speed_wps = out["speed_waypoints"][0].cpu().numpy().astype(np.float64)
         control = self.controller.step(path, speed_wps, obs.speed)

@@ -576,10 +576,17 @@ class VLA(nn.Module):
         )  # fmt: skip
         return out.last_hidden_state, out.past_key_values
 
-    def predict(self, batch: dict) -> dict[str, Any]:
-        """Greedy commentary and the waypoints it leads to (the driving agent's call)."""
-        out = self.generate(batch)
-        return {"language": out["texts"], "path": out["path"], "speed_waypoints": out["speed_waypoints"]}
+    def predict(self, batch: dict, commentary: bool = True) -> dict[str, Any]:
+        """Greedy commentary and the waypoints it leads to (the driving agent's call). Without
+        `commentary`, the answer is empty (</s> alone) and the waypoint queries follow the prompt in one
+        forward: the driving-only mode of a VLA trained with `train.commentary_dropout`."""
+        if commentary:
+            out = self.generate(batch)
+            return {"language": out["texts"], "path": out["path"], "speed_waypoints": out["speed_waypoints"]}
+        n = int(batch["speed"].numel())
+        with torch.no_grad():
+            out = self.forward_teacher(batch, [[self.ids[EOS]]] * n)
+        return {"language": [""] * n, "path": out["path"], "speed_waypoints": out["speed_waypoints"]}
 
     @contextlib.contextmanager
     def adapter(self, name: str | None) -> Iterator[None]:

@@ -116,6 +116,28 @@ def test_batches_carry_masks_and_action_dreaming_samples(dataset):
     torch.testing.assert_close(plain["path"][1], torch.from_numpy(bank.frames[1].path).float())
 
 
+def test_commentary_dropout_leaves_out_the_commentary_of_recorded_frames(dataset):
+    bank = FrameBank.load([dataset], progress=False)
+    assert all(f.language for f in bank.frames)
+    idx = np.arange(60).repeat(4)
+    none = BatchBuilder(bank, dream_share=0.0, commentary_dropout=1.0).build(idx)
+    assert none["language"] == [""] * len(idx) and none["has_path"].all()  # the waypoints stay
+    half = BatchBuilder(bank, dream_share=0.5, commentary_dropout=0.5, seed=2).build(idx)
+    dreamed = half["dreamed"].numpy()
+    empty = np.array([t == "" for t in half["language"]])
+    assert not empty[dreamed].any()  # an Action Dreaming answer is what the sample teaches: kept
+    assert 0.35 < empty[~dreamed].mean() < 0.65
+    kept = [k for k in np.flatnonzero(~dreamed & ~empty)]
+    assert all(half["language"][k] == bank.frames[idx[k]].language for k in kept)
+    with pytest.raises(DataError, match="commentary_dropout"):
+        BatchBuilder(bank, commentary_dropout=-0.1)
+    with pytest.raises(PretrainError, match="commentary_dropout must be in"):
+        PretrainConfig.from_dict({"train": {"commentary_dropout": 2.0}})
+    with pytest.raises(PretrainError, match="commentary_dropout applies to the VLA"):
+        PretrainConfig.from_dict({"policy": {"architecture": "planner"},
+                                  "train": {"commentary_dropout": 0.5}})  # fmt: skip
+
+
 def test_bank_rewrites_the_commentary_in_canonical_phrasing(dataset):
     bank = FrameBank.load([dataset], progress=False)
     wordings = ("Keep following the lane. Hold the speed.", "Follow the road. Keep the current speed.")

@@ -16,7 +16,7 @@ from policies.checkpoint import CheckpointError, load_policy, write_config
 from policies.controller import desired_speed_from_waypoints
 from policies.language import ENHANCEMENTS, commentary, enhanced
 from policies.prompts import FOLLOW_ANSWER, driving_prompt
-from policies.tokenizer import load_tokenizer, save_tokenizer, train_label_tokenizer
+from policies.tokenizer import EOS, load_tokenizer, save_tokenizer, train_label_tokenizer
 from policies.vla import VLA, _repeat_batch, desired_speed_of, smooth_l1_per_sample
 from policies.vla_config import (
     ConfigError,
@@ -320,6 +320,32 @@ def test_training_fits_commentary_and_waypoints(tokenizer):
         torch.testing.assert_close(lean["speed_waypoints"], plain["speed_waypoints"], atol=1e-5, rtol=1e-5)
 
 
+def test_trained_with_commentary_dropout_it_drives_without_commentary(tokenizer):
+    torch.manual_seed(9)
+    model = VLA(small_config(), tokenizer)
+    batch = make_batch(2)
+    both = {k: (v + v if isinstance(v, list) else torch.cat([v, v])) for k, v in batch.items()}
+    both["language"] = [*batch["language"], "", ""]  # each frame once with, once without its commentary
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    err0 = (model.eval().predict(batch, commentary=False)["path"] - batch["path"]).abs().mean()
+    model.train()
+    for _ in range(300):
+        opt.zero_grad()
+        model.training_loss(both)["loss"].backward()
+        opt.step()
+    model.eval()
+    silent, spoken = model.predict(batch, commentary=False), model.predict(batch)
+    assert silent["language"] == ["", ""] and spoken["language"] == batch["language"]
+    assert silent["path"].shape == (2, 20, 2) and silent["speed_waypoints"].shape == (2, 10, 2)
+    assert (silent["path"] - batch["path"]).abs().mean() < 0.25 * err0
+    # the empty answer is </s> alone: the waypoints of the teacher-forced empty answer, for each frame alone
+    for i in range(2):
+        one = {k: v[i : i + 1] for k, v in batch.items()}
+        forced = model.forward_teacher(one, [[model.ids[EOS]]])
+        torch.testing.assert_close(model.predict(one, commentary=False)["path"], forced["path"])
+        torch.testing.assert_close(silent["path"][i : i + 1], forced["path"], atol=1e-5, rtol=1e-5)
+
+
 def test_lean_decoder_matches_transformers_in_chunks():
     from transformers import Qwen2Config, Qwen2Model
 
@@ -371,6 +397,16 @@ def test_checkpoint_agent_drives_from_observations(tokenizer, tmp_path):
         make_agent(f"checkpoint:{tmp_path / 'ckpt'}", instruction="Stop.", mode="obey").act(obs, None)
     with pytest.raises(CheckpointError, match="camera"):
         agent.act(Observation(None, 3.0, obs.target_points, obs.command), None)
+    # driving without commentary (--agent-arg commentary=false): the policy's empty-answer waypoints
+    silent = make_agent(f"checkpoint:{tmp_path / 'ckpt'}", commentary=False).act(obs, None)
+    policy = load_policy(tmp_path / "ckpt").eval()
+    image = torch.from_numpy(obs.image.transpose(2, 0, 1).copy())[None]
+    batch = {"image": image, "speed": torch.tensor([3.0]),
+             "target_points": torch.from_numpy(obs.target_points).float()[None]}  # fmt: skip
+    expected = policy.predict(batch, commentary=False)
+    assert silent.language == ""
+    np.testing.assert_allclose(silent.path, expected["path"][0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(silent.speed_waypoints, expected["speed_waypoints"][0].numpy(), atol=1e-5)
 
 
 def test_half_billion_config_sizes():
