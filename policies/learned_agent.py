@@ -9,7 +9,8 @@ Dreaming: `takeover drive --agent checkpoint:PATH --agent-arg "instruction=Slow 
 camera history (`vision.history_s`) also gets the image of that many ticks earlier; the agent keeps the
 images since (until there are enough, the oldest it has: at the start of a route the ego stands).
 `commentary=false` drives a VLA without generating commentary (its waypoints from the prompt alone; for
-one trained with `train.commentary_dropout`).
+one trained with `train.commentary_dropout`); `marginal_speed=true` decides the commentary's speed action
+by its probability summed over its phrasings (`VLA.speed_action_by_marginal`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class CheckpointAgent:
         instruction: str | None = None,
         mode: str = "instruction_following",
         commentary: bool = True,
+        marginal_speed: bool = False,
     ) -> None:
         self.path = Path(path)
         self.instruction = instruction or None
@@ -49,8 +51,12 @@ class CheckpointAgent:
         if hasattr(self.policy, "merge_for_inference"):
             self.policy.merge_for_inference()
         self.policy.eval()
-        leave_out = not commentary and hasattr(self.policy, "generate")  # the planner has no commentary
-        self._predict_args = {"commentary": False} if leave_out else {}
+        self._predict_args: dict[str, bool] = {}
+        if hasattr(self.policy, "generate"):  # a VLA (the planner has no commentary)
+            if not commentary:
+                self._predict_args["commentary"] = False
+            if marginal_speed:
+                self._predict_args["marginal_speed"] = True
         self.name = f"{PREFIX}{self.path}"
         self.controller = WaypointController(creep=creep)
         self.history_ticks = int(getattr(self.policy, "history_ticks", 0))

@@ -499,13 +499,15 @@ class VLA(nn.Module):
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def generate(self, batch: dict, temperature: float = 0.0, max_new_tokens: int | None = None,
-                 generator: torch.Generator | None = None) -> dict[str, Any]:  # fmt: skip
+                 generator: torch.Generator | None = None,
+                 forced: list[list[int]] | None = None) -> dict[str, Any]:  # fmt: skip
         """Generate answers (greedy at temperature 0) with a KV cache, then decode the waypoints with
         the 30 queries appended to each finished answer. Returns answers, texts, per-answer log-probs
-        (at temperature 1), path and speed_waypoints."""
+        (at temperature 1), path and speed_waypoints. `forced`: each answer's first tokens, given rather
+        than generated (in the answers and texts, not in the log-probs)."""
         max_new = max_new_tokens or self.config.max_answer_tokens
         image_tokens = self.vision(batch["image"].to(self.device), batch.get("previous_image"))
-        packed = self._pack(self._prefixes(batch), None, queries=False)
+        packed = self._pack(self._prefixes(batch), forced, queries=False)
         emb = self._embeddings(packed.ids, image_tokens, batch["target_points"].to(self.device))
         mask = packed.mask
         pos = self._positions(mask)
@@ -518,7 +520,7 @@ class VLA(nn.Module):
         last_h = hidden[:, -1]
         next_pos = pos[:, -1] + 1
         alive = torch.ones(n, dtype=torch.bool, device=self.device)
-        answers: list[list[int]] = [[] for _ in range(n)]
+        answers: list[list[int]] = [list(f) for f in forced] if forced else [[] for _ in range(n)]
         log_probs = torch.zeros(n, device=self.device)
         eos = self.ids[EOS]
         tail = torch.empty((n, 0), dtype=torch.long, device=self.device)  # the last token, not yet fed
@@ -576,17 +578,62 @@ class VLA(nn.Module):
         )  # fmt: skip
         return out.last_hidden_state, out.past_key_values
 
-    def predict(self, batch: dict, commentary: bool = True) -> dict[str, Any]:
+    def predict(self, batch: dict, commentary: bool = True, marginal_speed: bool = False) -> dict[str, Any]:
         """Greedy commentary and the waypoints it leads to (the driving agent's call). Without
         `commentary`, the answer is empty (</s> alone) and the waypoint queries follow the prompt in one
-        forward: the driving-only mode of a VLA trained with `train.commentary_dropout`."""
+        forward: the driving-only mode of a VLA trained with `train.commentary_dropout`. With
+        `marginal_speed`, the speed action is decided over all its phrasings (`speed_action_by_marginal`)."""
         if commentary:
             out = self.generate(batch)
+            if marginal_speed:
+                out = self.speed_action_by_marginal(batch, out)
             return {"language": out["texts"], "path": out["path"], "speed_waypoints": out["speed_waypoints"]}
         n = int(batch["speed"].numel())
         with torch.no_grad():
             out = self.forward_teacher(batch, [[self.ids[EOS]]] * n)
         return {"language": [""] * n, "path": out["path"], "speed_waypoints": out["speed_waypoints"]}
+
+    @torch.no_grad()
+    def speed_action_by_marginal(self, batch: dict, greedy: dict[str, Any]) -> dict[str, Any]:
+        """Re-decide the speed action of greedy commentaries by its probability summed over its phrasings.
+
+        A small model spreads one decision over the phrasings it was trained on; greedy decoding then picks
+        the single likeliest phrasing, which favours "Maintain speed" (one of whose first words also starts
+        "Maintain the reduced speed") over "Decelerate" / "Slow down" / "Reduce speed" even where the three
+        together are likelier. After the greedy route sentence, every phrasing of every speed action
+        (`policies.language.SPEED_PHRASES`) is scored; the action of the largest total wins, in its
+        likeliest phrasing, and the rest of the commentary and the waypoints are generated after it.
+        Commentaries not of the form "<route sentence>. <speed phrasing>..." (takeover and instruction
+        answers) keep their greedy text."""
+        from policies.language import SPEED_PHRASES
+
+        out = {k: (list(v) if isinstance(v, list) else v.clone()) for k, v in greedy.items()}
+        phrasings = [(action, p) for action, ps in SPEED_PHRASES.items() for p in ps]
+        for i, text in enumerate(greedy["texts"]):
+            route, sep, rest = text.partition(". ")
+            spoken = [a for a, p in phrasings if rest.startswith(p)]
+            if not sep or not spoken:
+                continue
+            one = {k: v[i : i + 1] for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            for k in ("instruction", "mode"):
+                if batch.get(k):
+                    one[k] = batch[k][i : i + 1]
+            candidates = [self.tokenizer(f"{route}. {p}", add_special_tokens=False)["input_ids"]
+                          for _, p in phrasings]  # fmt: skip
+            lp = self.answer_log_probs(_repeat_batch(one, len(candidates)), candidates)
+            totals: dict[Any, torch.Tensor] = {}
+            for (action, _), v in zip(phrasings, lp, strict=True):
+                totals[action] = torch.logaddexp(totals[action], v) if action in totals else v
+            best = max(totals, key=lambda a: float(totals[a]))
+            if best in spoken:
+                continue
+            k = max((j for j, (a, _) in enumerate(phrasings) if a == best), key=lambda j: float(lp[j]))
+            redo = self.generate(one, forced=[candidates[k]])
+            for key in ("answers", "texts"):
+                out[key][i] = redo[key][0]
+            for key in ("log_probs", "path", "speed_waypoints"):
+                out[key][i] = redo[key][0]
+        return out
 
     @contextlib.contextmanager
     def adapter(self, name: str | None) -> Iterator[None]:

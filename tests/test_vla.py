@@ -346,6 +346,36 @@ def test_trained_with_commentary_dropout_it_drives_without_commentary(tokenizer)
         torch.testing.assert_close(silent["path"][i : i + 1], forced["path"], atol=1e-5, rtol=1e-5)
 
 
+def test_marginal_speed_action_sums_the_phrasings_of_each_action(tokenizer):
+    torch.manual_seed(10)
+    model = VLA(small_config(), tokenizer)
+    one = make_batch(1)
+    labels = ["Follow the route. Maintain speed."] * 4 + [
+        f"Follow the route. {p}." for p in ("Decelerate", "Slow down", "Reduce speed") for _ in range(3)
+    ]  # one observation: "Maintain speed" the likeliest phrasing (4/13), decelerating the likeliest action
+    batch = _repeat_batch(one, len(labels)) | {"language": labels}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(200):
+        opt.zero_grad()
+        model.training_loss(batch)["loss"].backward()
+        opt.step()
+    model.eval()
+    greedy = model.predict(one)
+    assert greedy["language"] == ["Follow the route. Maintain speed."]
+    marginal = model.predict(one, marginal_speed=True)
+    assert marginal["language"][0] in labels[4:]
+    # the rest of the answer and the waypoints are generated after the chosen phrasing
+    ids = tokenizer(marginal["language"][0][:-1], add_special_tokens=False)["input_ids"]
+    forced = model.generate(one, forced=[ids])
+    torch.testing.assert_close(marginal["speed_waypoints"], forced["speed_waypoints"])
+    assert forced["texts"] == marginal["language"]
+    # an answer of another form (an instruction's, a takeover's) keeps its greedy text and waypoints
+    other = model.generate(one) | {"texts": ["Following the instruction."]}
+    kept = model.speed_action_by_marginal(one, other)
+    assert kept["texts"] == other["texts"]
+    torch.testing.assert_close(kept["path"], other["path"])
+
+
 def test_lean_decoder_matches_transformers_in_chunks():
     from transformers import Qwen2Config, Qwen2Model
 
