@@ -629,9 +629,7 @@ class VLA(nn.Module):
                 continue
             k = max((j for j, (a, _) in enumerate(phrasings) if a == best), key=lambda j: float(lp[j]))
             redo = self.generate(one, forced=[candidates[k]])
-            for key in ("answers", "texts"):
-                out[key][i] = redo[key][0]
-            for key in ("log_probs", "path", "speed_waypoints"):
+            for key in ("answers", "texts", "log_probs", "path", "speed_waypoints"):
                 out[key][i] = redo[key][0]
         return out
 
