@@ -10,15 +10,19 @@ indices into a batch dict:
 
     image (B, 3, H, W) uint8, speed (B,), target_points (B, 2, 2), command (B,), path (B, 20, 2),
     speed_waypoints (B, 10, 2), has_path / has_speed_waypoints (B,) bool, action_weight (B,) float
-    (1 - m: 0 on pre-takeover frames, which supervise language only), language / instruction / mode
-    (lists of str), dreamed (B,) bool, with `bev` on: bev (B, C, rows, cols) occupancy ahead
-    (`policies.bev`), and with `history_ticks`: previous_image (B, 3, H, W) uint8, the same drive's
-    image that much earlier (`FrameBank.previous_indices`)
+    (1 - m: 0 on pre-takeover frames, which supervise language only), language_weight (B,) float (0 on
+    commentary dreams, below), language / instruction / mode (lists of str), dreamed (B,) bool, with
+    `bev` on: bev (B, C, rows, cols) occupancy ahead (`policies.bev`), and with `history_ticks`:
+    previous_image (B, 3, H, W) uint8, the same drive's image that much earlier
+    (`FrameBank.previous_indices`)
 
 With probability `dream_share` a sample is replaced by an Action Dreaming one (SimLingo): an alternative
 future of the frame (`envs.action_dreaming`) with an instruction in the prompt; in "instruction_following"
 mode the answer accepts and the target is the dreamed future, in "safety" mode an unsafe or not allowed
-instruction is refused (naming why) and the target stays the expert's.
+instruction is refused (naming why) and the target stays the expert's. With probability
+`commentary_dream_share` a sample is instead a commentary dream: a dreamed future of a speed kind (faster,
+slower, stop, keep) with its speed action spoken in the commentary, given and not learnt
+(`language_weight` 0), and the dreamed future as the target.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from envs.buckets import BUCKETS, TICK_DT
 from envs.dataset import Dataset, decode_image, open_dataset
 from envs.segments import Frame
 from policies.bev import bev_occupancy
+from policies.language import SPEED_PHRASES, speed_action, spoken_speed_action
 from policies.prompts import FOLLOW_ANSWER, INSTRUCTIONS, REFUSE_ANSWER, REFUSE_REASONS
 
 NO_BUCKET = "none"
@@ -310,11 +315,17 @@ class BatchBuilder:
 
     def __init__(self, bank: FrameBank, dream_share: float = 0.0, seed: int = 0, bev: bool = False,
                  history_ticks: int = 0, history_dropout: float = 0.0,
-                 commentary_dropout: float = 0.0) -> None:  # fmt: skip
+                 commentary_dropout: float = 0.0, commentary_dream_share: float = 0.0) -> None:  # fmt: skip
         for name, share in (("dream_share", dream_share), ("history_dropout", history_dropout),
-                            ("commentary_dropout", commentary_dropout)):  # fmt: skip
+                            ("commentary_dropout", commentary_dropout),
+                            ("commentary_dream_share", commentary_dream_share)):  # fmt: skip
             if not 0.0 <= share <= 1.0:
                 raise DataError(f"{name} must be in [0, 1], got {share}")
+        if dream_share + commentary_dream_share > 1.0:
+            raise DataError(
+                f"dream_share + commentary_dream_share must be at most 1, got "
+                f"{dream_share} + {commentary_dream_share}"
+            )
         self.bank = bank
         # A VLA with camera history (`vision.history_s`) also gets the image `history_ticks` earlier. With
         # `history_dropout` that share of the samples gets the current image again, as at a standstill:
@@ -330,19 +341,48 @@ class BatchBuilder:
         # in closed loop they then follow the policy's own commentary where it misses a hazard; samples
         # without it make them read the image too, and let the policy drive without commentary.
         self.commentary_dropout = commentary_dropout
+        # `commentary_dream_share`: samples whose commentary speaks a dreamed speed action and whose target is
+        # that dreamed future (the image is the recorded one). Trained on the expert's labels alone, the
+        # waypoints hardly follow the commentary (its speed action is what the image shows too); these
+        # samples differ only in what the commentary says, so the waypoints must read it. That is what
+        # GRPO over sampled commentaries needs (different commentaries, different waypoints) and what lets a
+        # commentary that says "Decelerate" brake. No language loss on them: the dreamed action may be unsafe.
+        self.commentary_dream_share = commentary_dream_share
         self.dream_share = dream_share
         self.rng = np.random.default_rng(seed)
         self._dreams: dict[int, list] = {}
 
-    def _dream(self, i: int) -> dict | None:
+    def _dream_options(self, i: int) -> list:
+        """The frame's dreamed futures (computed once per frame; none without the expert's action labels)."""
         from envs.action_dreaming import dream_actions
 
         f = self.bank.frames[i]
         if f.path is None or f.speed_waypoints is None:
-            return None
+            return []
         if i not in self._dreams:
             self._dreams[i] = dream_actions(f, np.random.default_rng(i))
-        options = self._dreams[i]
+        return self._dreams[i]
+
+    def _commentary_dream(self, i: int) -> dict | None:
+        """A speed-kind dreamed future with the frame's route sentence and the dream's speed action as the
+        commentary (None: the frame's commentary has no speed sentence, or there is no such dream)."""
+        from envs.action_dreaming import SPEED_KINDS
+
+        f = self.bank.frames[i]
+        if spoken_speed_action(f.language) is None:
+            return None
+        options = [d for d in self._dream_options(i) if d.kind in SPEED_KINDS]
+        if not options:
+            return None
+        d = options[int(self.rng.integers(len(options)))]
+        phrases = SPEED_PHRASES[speed_action(d.final_speed, f.speed)]
+        phrase = phrases[int(self.rng.integers(len(phrases)))]
+        return {"instruction": "", "mode": "", "language": f"{f.language.partition('. ')[0]}. {phrase}.",
+                "language_weight": 0.0, "path": d.path, "speed_waypoints": d.speed_waypoints}  # fmt: skip
+
+    def _dream(self, i: int) -> dict | None:
+        f = self.bank.frames[i]
+        options = self._dream_options(i)
         if not options:
             return None
         d = options[int(self.rng.integers(len(options)))]
@@ -367,14 +407,19 @@ class BatchBuilder:
         has_speed = np.zeros(n, bool)
         language, instruction, mode = [], [], []
         dreamed = np.zeros(n, bool)
+        language_weight = np.ones(n, np.float32)
         for k, (i, f) in enumerate(zip(idx, frames, strict=True)):
-            d = self._dream(int(i)) if self.dream_share and self.rng.random() < self.dream_share else None
+            u = self.rng.random() if self.dream_share or self.commentary_dream_share else 1.0
+            d = self._dream(int(i)) if u < self.dream_share else None
+            if 0.0 <= u - self.dream_share < self.commentary_dream_share:
+                d = self._commentary_dream(int(i))
             if d is not None:
                 dreamed[k] = True
                 f_path, f_speed = d["path"], d["speed_waypoints"]
                 language.append(d["language"])
                 instruction.append(d["instruction"])
                 mode.append(d["mode"])
+                language_weight[k] = d.get("language_weight", 1.0)
             else:
                 f_path, f_speed = f.path, f.speed_waypoints
                 dropped = self.commentary_dropout and self.rng.random() < self.commentary_dropout
@@ -402,6 +447,7 @@ class BatchBuilder:
             "instruction": instruction,
             "mode": mode,
             "dreamed": torch.from_numpy(dreamed),
+            "language_weight": torch.from_numpy(language_weight),
         }
         if self.previous is not None:
             keep = self.rng.random(n) >= self.history_dropout

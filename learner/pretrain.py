@@ -76,6 +76,10 @@ class TrainConfig:
     # VLA: share of the recorded frames trained without their commentary, so that the waypoints also come
     # from the image alone (learner.data.BatchBuilder says why; drive so: --agent-arg commentary=false)
     commentary_dropout: float = 0.0
+    # VLA: share of the samples whose commentary speaks a dreamed speed action (faster / slower / stop / keep)
+    # and whose target is that dreamed future, so that the waypoints follow the commentary (learner.data
+    # says why; benchmarks/language_grounding.py measures it)
+    commentary_dream_share: float = 0.0
 
 
 @dataclass
@@ -117,11 +121,17 @@ class PretrainConfig:
                 f"train.frame_hz must be >= 0 and is an alternative to frame_stride (got frame_hz "
                 f"{tc.frame_hz}, frame_stride {tc.frame_stride})"
             )
-        for name in ("history_dropout", "commentary_dropout"):
+        for name in ("history_dropout", "commentary_dropout", "commentary_dream_share"):
             if not 0.0 <= getattr(tc, name) <= 1.0:
                 raise PretrainError(f"train.{name} must be in [0, 1], got {getattr(tc, name)}")
-        if tc.commentary_dropout and policy.get("architecture") != "vla":
-            raise PretrainError("train.commentary_dropout applies to the VLA (the planner has no commentary)")
+        if tc.dream_share + tc.commentary_dream_share > 1.0:
+            raise PretrainError(
+                f"train.dream_share + commentary_dream_share must be at most 1, got "
+                f"{tc.dream_share} + {tc.commentary_dream_share}"
+            )
+        for name in ("commentary_dropout", "commentary_dream_share"):
+            if getattr(tc, name) and policy.get("architecture") != "vla":
+                raise PretrainError(f"train.{name} applies to the VLA (the planner has no commentary)")
         if tc.takeover_frame_hz < 0:
             raise PretrainError(f"train.takeover_frame_hz must be >= 0, got {tc.takeover_frame_hz}")
         return PretrainConfig(policy=dict(policy), train=tc)
@@ -321,6 +331,7 @@ def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, re
     builder = BatchBuilder(
         bank, tc.dream_share, seed=tc.seed + state["epoch"], bev=getattr(model, "bev_head", None) is not None,
         history_ticks=history, history_dropout=tc.history_dropout, commentary_dropout=tc.commentary_dropout,
+        commentary_dream_share=tc.commentary_dream_share,
     )  # fmt: skip
     if builder.previous is not None:
         ticks = np.array([f.tick for f in bank.frames])

@@ -533,6 +533,15 @@ def _phrasing_pattern() -> tuple[re.Pattern[str], dict[str, str]]:
     return re.compile("|".join(re.escape(k) for k in sorted(phrasings, key=len, reverse=True))), phrasings
 
 
+def spoken_speed_action(text: str) -> SpeedAction | None:
+    """The speed action a "<route sentence>. <speed phrasing>..." commentary says (None: another form,
+    such as takeover and instruction answers)."""
+    _, sep, rest = text.partition(". ")
+    if not sep:
+        return None
+    return next((a for a, ps in SPEED_PHRASES.items() for p in ps if rest.startswith(p)), None)
+
+
 def canonical_commentary(text: str) -> str:
     """The commentary with every phrasing replaced by one canonical phrasing, its template's first:
     "Keep following the lane. Reduce speed to keep a safe distance to the cyclist." -> "Follow the route.

@@ -605,15 +605,15 @@ class VLA(nn.Module):
         likeliest phrasing, and the rest of the commentary and the waypoints are generated after it.
         Commentaries not of the form "<route sentence>. <speed phrasing>..." (takeover and instruction
         answers) keep their greedy text."""
-        from policies.language import SPEED_PHRASES
+        from policies.language import SPEED_PHRASES, spoken_speed_action
 
         out = {k: (list(v) if isinstance(v, list) else v.clone()) for k, v in greedy.items()}
         phrasings = [(action, p) for action, ps in SPEED_PHRASES.items() for p in ps]
         for i, text in enumerate(greedy["texts"]):
-            route, sep, rest = text.partition(". ")
-            spoken = [a for a, p in phrasings if rest.startswith(p)]
-            if not sep or not spoken:
+            spoken = spoken_speed_action(text)
+            if spoken is None:
                 continue
+            route = text.partition(". ")[0]
             one = {k: v[i : i + 1] for k, v in batch.items() if isinstance(v, torch.Tensor)}
             for k in ("instruction", "mode"):
                 if batch.get(k):
@@ -625,7 +625,7 @@ class VLA(nn.Module):
             for (action, _), v in zip(phrasings, lp, strict=True):
                 totals[action] = torch.logaddexp(totals[action], v) if action in totals else v
             best = max(totals, key=lambda a: float(totals[a]))
-            if best in spoken:
+            if best == spoken:
                 continue
             k = max((j for j, (a, _) in enumerate(phrasings) if a == best), key=lambda j: float(lp[j]))
             redo = self.generate(one, forced=[candidates[k]])

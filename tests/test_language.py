@@ -29,8 +29,10 @@ from policies.language import (
     register_enhancement,
     route_action,
     speed_action,
+    spoken_speed_action,
     trigger_key,
 )
+from policies.prompts import FOLLOW_ANSWER, REFUSE_ANSWER
 
 SEEDS = range(40)
 ALL_KINDS = [k.name.lower() for k in AgentKind] + ["red_light", "yellow_light", "stop_sign", "route_end"]
@@ -402,3 +404,14 @@ def test_canonical_commentary_gives_one_text_per_decision():
     assert canonical_commentary("Slow down now: the car ahead is slowing down.") == (
         "Brake now: the car ahead is slowing down."
     )
+
+
+def test_spoken_speed_action_reads_back_every_label():
+    for s in _label_states():
+        for seed in SEEDS:
+            text = commentary(s, seed)
+            assert spoken_speed_action(text) == describe(s).speed, text
+    # other answer forms have no speed sentence: instruction answers, takeover openers
+    others = (FOLLOW_ANSWER, REFUSE_ANSWER.format(why="hit it"), "Slow down now: the car is braking.", "")
+    for text in others:
+        assert spoken_speed_action(text) is None

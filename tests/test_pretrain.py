@@ -28,7 +28,7 @@ from learner.data import (
 )
 from learner.pretrain import PretrainConfig, PretrainError, budget_step, lr_factor, pretrain
 from policies.checkpoint import CheckpointError, load_policy
-from policies.language import canonical_commentary
+from policies.language import SpeedAction, canonical_commentary, spoken_speed_action
 from takeover.cli import app
 
 SMALL_VLA = {
@@ -114,6 +114,50 @@ def test_batches_carry_masks_and_action_dreaming_samples(dataset):
     plain = BatchBuilder(bank, dream_share=0.0).build([0, 1])
     assert plain["instruction"] == ["", ""] and plain["has_path"].all()
     torch.testing.assert_close(plain["path"][1], torch.from_numpy(bank.frames[1].path).float())
+
+
+def test_commentary_dreams_speak_the_dreamed_speed_action(dataset):
+    bank = FrameBank.load([dataset], progress=False)
+    idx = np.arange(60).repeat(4)
+    batch = BatchBuilder(bank, dream_share=0.0, commentary_dream_share=1.0, seed=0).build(idx)
+    dreamed = batch["dreamed"].numpy()
+    speaks = np.array([spoken_speed_action(bank.frames[i].language) is not None for i in idx])
+    assert (dreamed == speaks).all()  # every frame with a speed sentence; "Turn left." has none
+    said = set()
+    for k in np.flatnonzero(dreamed):
+        text = batch["language"][k]
+        assert text.startswith("Follow the route. ") and batch["instruction"][k] == batch["mode"][k] == ""
+        assert batch["language_weight"][k] == 0.0  # given, not learnt: the dreamed action may be unsafe
+        action = spoken_speed_action(text)
+        said.add(action)
+        # the target is the dreamed future the commentary speaks of
+        wps = batch["speed_waypoints"][k].numpy()
+        end_speed = float(np.linalg.norm(wps[-1] - wps[-2])) / 0.25
+        speed = bank.frames[idx[k]].speed
+        if action == SpeedAction.ACCELERATE:
+            assert end_speed > speed + 0.5
+        elif action in (SpeedAction.DECELERATE, SpeedAction.STOP):
+            assert end_speed < speed - 0.5
+        else:
+            assert action == SpeedAction.KEEP and abs(end_speed - speed) < 0.5
+    assert said == {SpeedAction.ACCELERATE, SpeedAction.KEEP, SpeedAction.DECELERATE, SpeedAction.STOP}
+    rest = np.flatnonzero(~dreamed)
+    assert (batch["language_weight"][rest] == 1.0).all()
+    assert all(batch["language"][k] == bank.frames[idx[k]].language for k in rest)
+    # mixed with Action Dreaming: both kinds, each at about its share
+    both = BatchBuilder(bank, dream_share=0.3, commentary_dream_share=0.3, seed=1).build(idx)
+    instructed = np.array([bool(t) for t in both["instruction"]])
+    spoken = both["dreamed"].numpy() & ~instructed
+    assert 0.2 < instructed.mean() < 0.4 and 0.1 < spoken.mean() < 0.3
+    weight = both["language_weight"].numpy()
+    assert (weight[instructed] == 1.0).all() and (weight[spoken] == 0.0).all()
+    with pytest.raises(DataError, match="commentary_dream_share must be at most 1"):
+        BatchBuilder(bank, dream_share=0.6, commentary_dream_share=0.6)
+    with pytest.raises(PretrainError, match="commentary_dream_share must be in"):
+        PretrainConfig.from_dict({"train": {"commentary_dream_share": -0.5}})
+    with pytest.raises(PretrainError, match="commentary_dream_share applies to the VLA"):
+        PretrainConfig.from_dict({"policy": {"architecture": "planner"},
+                                  "train": {"dream_share": 0.0, "commentary_dream_share": 0.5}})  # fmt: skip
 
 
 def test_commentary_dropout_leaves_out_the_commentary_of_recorded_frames(dataset):

@@ -226,6 +226,11 @@ def test_masked_losses(tokenizer):
     torch.testing.assert_close(m["speed"], f["speed"])
     torch.testing.assert_close(m["language"], full["language"])
     assert int(m["n_action"]) == 1
+    # a commentary dream (language_weight 0): its commentary conditions the waypoints but is not learnt
+    given = model.training_loss(dict(batch, language_weight=torch.tensor([1.0, 0.0, 1.0])))
+    rest = {k: (v[[0, 2]] if isinstance(v, torch.Tensor) else [v[0], v[2]]) for k, v in batch.items()}
+    torch.testing.assert_close(given["language"], model.training_loss(rest)["language"])
+    torch.testing.assert_close(given["speed"], full["speed"])
     # nothing to supervise: zero losses that still backpropagate
     none = dict(batch, action_weight=torch.zeros(3), language=["", "", ""])
     out = model.training_loss(none)
