@@ -336,10 +336,10 @@ class BatchBuilder:
         self.history_dropout = history_dropout
         self.bev = bev  # add the BEV occupancy targets (for a VLA with `bev_head`)
         # `commentary_dropout`: that share of the recorded frames comes without its commentary (an empty
-        # answer: no language loss, the waypoint queries follow the prompt). With the expert's commentary
-        # always teacher-forced, the waypoint heads learn to read the commentary rather than the image, and
-        # in closed loop they then follow the policy's own commentary where it misses a hazard; samples
-        # without it make them read the image too, and let the policy drive without commentary.
+        # answer: no language loss, the waypoint queries follow the prompt), so that the policy can also
+        # drive without commentary (one forward a decision). Tried as a way to make the waypoints read the
+        # image rather than the commentary; benchmarks/language_grounding.py since showed that without it
+        # they hardly read the commentary anyway.
         self.commentary_dropout = commentary_dropout
         # `commentary_dream_share`: samples whose commentary speaks a dreamed speed action and whose target is
         # that dreamed future (the image is the recorded one). Trained on the expert's labels alone, the

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -405,7 +406,9 @@ def test_lean_decoder_matches_transformers_in_chunks():
     # where the plain loop would not be exact (peft's unmerged adapters), there is none
     from peft import LoraConfig, get_peft_model
 
-    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing`
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
     assert LeanQwen2.build(peft_model.get_base_model()) is None
 
 
