@@ -21,8 +21,8 @@ future of the frame (`envs.action_dreaming`) with an instruction in the prompt; 
 mode the answer accepts and the target is the dreamed future, in "safety" mode an unsafe or not allowed
 instruction is refused (naming why) and the target stays the expert's. With probability
 `commentary_dream_share` a sample is instead a commentary dream: a dreamed future of a speed kind (faster,
-slower, stop, keep) with its speed action spoken in the commentary, given and not learnt
-(`language_weight` 0), and the dreamed future as the target.
+slower, stop, keep) or a lane change, spoken in the commentary (the lane change and the speed action),
+given and not learnt (`language_weight` 0), and the dreamed future as the target.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from envs.buckets import BUCKETS, TICK_DT
 from envs.dataset import Dataset, decode_image, open_dataset
 from envs.segments import Frame
 from policies.bev import bev_occupancy
-from policies.language import SPEED_PHRASES, speed_action, spoken_speed_action
+from policies.language import ROUTE_PHRASES, SPEED_PHRASES, RouteAction, speed_action, spoken_speed_action
 from policies.prompts import FOLLOW_ANSWER, INSTRUCTIONS, REFUSE_ANSWER, REFUSE_REASONS
 
 NO_BUCKET = "none"
@@ -67,6 +67,13 @@ def derived_tags(frame: Frame) -> list[str]:
     wants_to_go = frame.speed < STOP_SPEED and frame.target_speed >= STOP_TARGET_SPEED
     speeds_up = desired_speed_from_waypoints(frame.speed_waypoints) > frame.speed + MOVING_OFF_MARGIN
     return [MOVING_OFF] if wants_to_go or speeds_up else []
+
+
+# the lane-change dreams a commentary dream speaks of, with their route actions (BatchBuilder)
+_SPOKEN_ROUTES = {
+    "lane_change_left": RouteAction.CHANGE_LANE_LEFT,
+    "lane_change_right": RouteAction.CHANGE_LANE_RIGHT,
+}
 _OBJECT_WORD = {
     "vehicle": "vehicle", "pedestrian": "pedestrian", "bicycle": "bicycle", "static": "obstacle",
     "emergency": "emergency vehicle", "parked_vehicle": "parked vehicle", "cone": "cone",
@@ -341,12 +348,13 @@ class BatchBuilder:
         # image rather than the commentary; benchmarks/language_grounding.py since showed that without it
         # they hardly read the commentary anyway.
         self.commentary_dropout = commentary_dropout
-        # `commentary_dream_share`: samples whose commentary speaks a dreamed speed action and whose target is
-        # that dreamed future (the image is the recorded one). Trained on the expert's labels alone, the
-        # waypoints hardly follow the commentary (its speed action is what the image shows too); these
-        # samples differ only in what the commentary says, so the waypoints must read it. That is what
-        # GRPO over sampled commentaries needs (different commentaries, different waypoints) and what lets a
-        # commentary that says "Decelerate" brake. No language loss on them: the dreamed action may be unsafe.
+        # `commentary_dream_share`: samples whose commentary speaks a dreamed future (its lane change and
+        # speed action) and whose target is that future (the image is the recorded one). Trained on the
+        # expert's labels alone, the waypoints hardly follow the commentary (what it says, the image shows
+        # too); these samples differ only in what the commentary says, so the waypoints must read it. That
+        # is what GRPO over sampled commentaries needs (different commentaries, different waypoints) and
+        # what lets "Decelerate" brake and "Change lane to the left" steer. No language loss on them: the
+        # dreamed action may be unsafe or not allowed.
         self.commentary_dream_share = commentary_dream_share
         self.dream_share = dream_share
         self.rng = np.random.default_rng(seed)
@@ -364,21 +372,27 @@ class BatchBuilder:
         return self._dreams[i]
 
     def _commentary_dream(self, i: int) -> dict | None:
-        """A speed-kind dreamed future with the frame's route sentence and the dream's speed action as the
-        commentary (None: the frame's commentary has no speed sentence, or there is no such dream)."""
+        """A dreamed future of a speed kind or a lane change, spoken as the commentary: the frame's route
+        sentence (a lane change's own for those) and the dream's speed action (None: the frame's
+        commentary has no speed sentence, or there is no such dream)."""
         from envs.action_dreaming import SPEED_KINDS
 
         f = self.bank.frames[i]
         if spoken_speed_action(f.language) is None:
             return None
-        options = [d for d in self._dream_options(i) if d.kind in SPEED_KINDS]
+        options = [d for d in self._dream_options(i) if d.kind in _SPOKEN_ROUTES or d.kind in SPEED_KINDS]
         if not options:
             return None
         d = options[int(self.rng.integers(len(options)))]
-        phrases = SPEED_PHRASES[speed_action(d.final_speed, f.speed)]
-        phrase = phrases[int(self.rng.integers(len(phrases)))]
-        return {"instruction": "", "mode": "", "language": f"{f.language.partition('. ')[0]}. {phrase}.",
-                "language_weight": 0.0, "path": d.path, "speed_waypoints": d.speed_waypoints}  # fmt: skip
+        route = f.language.partition(". ")[0]
+        if d.kind in _SPOKEN_ROUTES:
+            route = self._pick(ROUTE_PHRASES[_SPOKEN_ROUTES[d.kind]])
+        speed = self._pick(SPEED_PHRASES[speed_action(d.final_speed, f.speed)])
+        return {"instruction": "", "mode": "", "language": f"{route}. {speed}.", "language_weight": 0.0,
+                "path": d.path, "speed_waypoints": d.speed_waypoints}  # fmt: skip
+
+    def _pick(self, phrasings: Sequence[str]) -> str:
+        return phrasings[int(self.rng.integers(len(phrasings)))]
 
     def _dream(self, i: int) -> dict | None:
         f = self.bank.frames[i]

@@ -76,8 +76,8 @@ class TrainConfig:
     # VLA: share of the recorded frames trained without their commentary, so that the waypoints also come
     # from the image alone (learner.data.BatchBuilder says why; drive so: --agent-arg commentary=false)
     commentary_dropout: float = 0.0
-    # VLA: share of the samples whose commentary speaks a dreamed speed action (faster / slower / stop / keep)
-    # and whose target is that dreamed future, so that the waypoints follow the commentary (learner.data
+    # VLA: share of the samples whose commentary speaks a dreamed future (faster / slower / stop / keep, lane
+    # changes) and whose target is that future, so that the waypoints follow the commentary (learner.data
     # says why; benchmarks/language_grounding.py measures it)
     commentary_dream_share: float = 0.0
 

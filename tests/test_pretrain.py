@@ -28,7 +28,13 @@ from learner.data import (
 )
 from learner.pretrain import PretrainConfig, PretrainError, budget_step, lr_factor, pretrain
 from policies.checkpoint import CheckpointError, load_policy
-from policies.language import SpeedAction, canonical_commentary, spoken_speed_action
+from policies.language import (
+    ROUTE_PHRASES,
+    RouteAction,
+    SpeedAction,
+    canonical_commentary,
+    spoken_speed_action,
+)
 from takeover.cli import app
 
 SMALL_VLA = {
@@ -123,11 +129,18 @@ def test_commentary_dreams_speak_the_dreamed_speed_action(dataset):
     dreamed = batch["dreamed"].numpy()
     speaks = np.array([spoken_speed_action(bank.frames[i].language) is not None for i in idx])
     assert (dreamed == speaks).all()  # every frame with a speed sentence; "Turn left." has none
-    said = set()
+    said, lane_changes = set(), 0
     for k in np.flatnonzero(dreamed):
         text = batch["language"][k]
-        assert text.startswith("Follow the route. ") and batch["instruction"][k] == batch["mode"][k] == ""
+        assert batch["instruction"][k] == batch["mode"][k] == ""
         assert batch["language_weight"][k] == 0.0  # given, not learnt: the dreamed action may be unsafe
+        # the frame's route sentence, or a change to the left lane (the only other) on a path that takes it
+        route = text.partition(". ")[0]
+        if route in ROUTE_PHRASES[RouteAction.CHANGE_LANE_LEFT]:
+            assert batch["path"][k, -1, 1] > 2.5
+            lane_changes += 1
+        else:
+            assert route == "Follow the route" and abs(float(batch["path"][k, -1, 1])) < 0.5
         action = spoken_speed_action(text)
         said.add(action)
         # the target is the dreamed future the commentary speaks of
@@ -141,6 +154,7 @@ def test_commentary_dreams_speak_the_dreamed_speed_action(dataset):
         else:
             assert action == SpeedAction.KEEP and abs(end_speed - speed) < 0.5
     assert said == {SpeedAction.ACCELERATE, SpeedAction.KEEP, SpeedAction.DECELERATE, SpeedAction.STOP}
+    assert lane_changes > 5
     rest = np.flatnonzero(~dreamed)
     assert (batch["language_weight"][rest] == 1.0).all()
     assert all(batch["language"][k] == bank.frames[idx[k]].language for k in rest)
