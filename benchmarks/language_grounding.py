@@ -147,12 +147,7 @@ def main() -> None:
     rows, frames = [], []
     for i in chosen:
         f = bank.frames[i]
-        obs = {
-            "image": torch.from_numpy(np.asarray(bank.images[np.array([i])])),
-            "speed": torch.tensor([float(f.speed)], dtype=torch.float32),
-            "target_points": torch.from_numpy(np.asarray(f.target_points, np.float32))[None],
-        }
-        row = frame_effects(policy, obs, f.language, float(f.speed))
+        row = frame_effects(policy, bank.observation(i), f.language, float(f.speed))
         if row is not None:
             rows.append(row)
             frames.append(f)

@@ -124,14 +124,7 @@ def commentary_shares(policy: nn.Module, bank: FrameBank, y: np.ndarray, per_ban
             idx = rng.choice(idx, min(per_band, len(idx)), replace=False) if len(idx) else idx
             texts = []
             for i in idx:
-                f = bank.frames[i]
-                obs = {
-                    "image": torch.from_numpy(np.asarray(bank.images[np.array([i])])),
-                    "speed": torch.tensor([float(f.speed)], dtype=torch.float32),
-                    "target_points": torch.from_numpy(np.asarray(f.target_points, np.float32))[None],
-                    "command": torch.tensor([int(f.command)]),
-                }
-                texts.append((policy.predict(obs)["language"][0], f.language))
+                texts.append((policy.predict(bank.observation(i))["language"][0], bank.frames[i].language))
             shares: dict[str, float | int | None] = {"frames": len(texts)}
             for who, k in (("policy", 0), ("expert", 1)):
                 said = [t[k] for t in texts]

@@ -145,6 +145,16 @@ class FrameBank:
     def __len__(self) -> int:
         return len(self.frames)
 
+    def observation(self, i: int) -> dict:
+        """Frame i as a policy's observation batch of one (image, speed, target points, command)."""
+        f = self.frames[i]
+        return {
+            "image": torch.from_numpy(np.asarray(self.images[np.array([i])])),
+            "speed": torch.tensor([float(f.speed)], dtype=torch.float32),
+            "target_points": torch.from_numpy(np.asarray(f.target_points, np.float32))[None],
+            "command": torch.tensor([int(f.command)]),
+        }
+
     def previous_indices(self, history_ticks: int) -> np.ndarray:
         """(N,) for each frame the bank index of the frame of the same drive or segment that is nearest
         to `history_ticks` earlier (a VLA with `vision.history_s` sees its image too), among the frames

@@ -118,6 +118,9 @@ def test_batches_carry_masks_and_action_dreaming_samples(dataset):
         assert batch["instruction"][k] and batch["mode"][k] in ("safety", "instruction_following")
         assert batch["language"][k].startswith(("Following the instruction", "Not following"))
     plain = BatchBuilder(bank, dream_share=0.0).build([0, 1])
+    one = bank.observation(1)  # a policy's observation of one frame: the batch's fields
+    for key in ("image", "speed", "target_points", "command"):
+        torch.testing.assert_close(one[key], plain[key][1:2])
     assert plain["instruction"] == ["", ""] and plain["has_path"].all()
     torch.testing.assert_close(plain["path"][1], torch.from_numpy(bank.frames[1].path).float())
 
