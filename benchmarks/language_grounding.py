@@ -34,7 +34,7 @@ import torch
 
 from envs.dataset import DatasetError
 from learner.data import DataError, FrameBank
-from policies.checkpoint import CheckpointError, load_policy, resolve_checkpoint
+from policies.checkpoint import CheckpointError, load_for_inference, resolve_checkpoint
 from policies.controller import desired_speed_from_waypoints
 from policies.language import ROUTE_PHRASES, SPEED_PHRASES, RouteAction, SpeedAction, spoken_speed_action
 
@@ -134,11 +134,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.time()
     path = resolve_checkpoint(args.checkpoint)
-    policy = load_policy(path)
-    if not hasattr(policy, "generate"):
-        raise SystemExit(f"{path} is not a VLA checkpoint (no commentary to test)")
-    policy.merge_for_inference()
-    policy.eval()
+    policy = load_for_inference(path, expect="vla")
     bank = FrameBank.load([args.test], progress=False, stride=args.stride)
     moving = [i for i, f in enumerate(bank.frames)
               if f.speed > MIN_SPEED and f.speed_waypoints is not None and f.path is not None]  # fmt: skip

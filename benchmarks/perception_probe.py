@@ -34,7 +34,7 @@ from envs.dataset import DatasetError
 from envs.geometry import to_ego_frame
 from envs.scene import AgentKind
 from learner.data import DataError, FrameBank
-from policies.checkpoint import CheckpointError, load_policy, resolve_checkpoint
+from policies.checkpoint import CheckpointError, load_for_inference, resolve_checkpoint
 
 CLASSES = {
     "vehicle": (AgentKind.VEHICLE, AgentKind.EMERGENCY, AgentKind.PARKED_VEHICLE),
@@ -163,11 +163,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.time()
     path = resolve_checkpoint(args.checkpoint)
-    policy = load_policy(path)
-    if not hasattr(policy, "vision"):
-        raise SystemExit(f"{path} is not a VLA checkpoint (no vision encoder to probe)")
-    policy.merge_for_inference()
-    policy.eval()
+    policy = load_for_inference(path, expect="vla")
     train = FrameBank.load(args.train, progress=False, stride=args.train_stride)
     test = FrameBank.load([args.test], progress=False, stride=args.test_stride)
     y_train, y_test = band_labels(train), band_labels(test)

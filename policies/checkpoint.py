@@ -94,3 +94,15 @@ def load_policy(folder: str | Path, **kwargs: Any) -> Any:
         raise CheckpointError(f"{folder}: unknown architecture {arch!r}; known: {sorted(ARCHITECTURES)}")
     cls: Callable[..., Any] = resolve(ARCHITECTURES[arch], {}, "architecture")
     return cls.load(folder, **kwargs)
+
+
+def load_for_inference(folder: str | Path, expect: str | None = None) -> Any:
+    """`load_policy`, ready to decide: LoRA folded into the weights (a VLA) and in eval mode. With
+    `expect`, a checkpoint of another architecture is a CheckpointError that names both."""
+    folder = resolve_checkpoint(folder)
+    if expect is not None:
+        read_config(folder, expect=expect)
+    policy = load_policy(folder)
+    if hasattr(policy, "merge_for_inference"):
+        policy.merge_for_inference()
+    return policy.eval()

@@ -23,7 +23,7 @@ import torch
 
 from envs.scene import Observation, Route, Scene
 from policies.base import AgentOutput
-from policies.checkpoint import CheckpointError, load_policy
+from policies.checkpoint import CheckpointError, load_for_inference
 from policies.controller import WaypointController
 
 PREFIX = "checkpoint:"
@@ -47,10 +47,7 @@ class CheckpointAgent:
         self.mode = mode
         if threads:
             torch.set_num_threads(threads)
-        self.policy = load_policy(self.path)
-        if hasattr(self.policy, "merge_for_inference"):
-            self.policy.merge_for_inference()
-        self.policy.eval()
+        self.policy = load_for_inference(self.path)
         self._predict_args: dict[str, bool] = {}
         if hasattr(self.policy, "generate"):  # a VLA (the planner has no commentary)
             if not commentary:

@@ -13,7 +13,7 @@ import torch
 
 from envs.scene import Observation, RoadOption
 from policies.base import ExpertState, make_agent
-from policies.checkpoint import CheckpointError, load_policy, write_config
+from policies.checkpoint import CheckpointError, load_for_inference, load_policy, write_config
 from policies.controller import desired_speed_from_waypoints
 from policies.language import ENHANCEMENTS, commentary, enhanced
 from policies.prompts import FOLLOW_ANSWER, driving_prompt
@@ -140,6 +140,8 @@ def test_save_load_round_trip_gives_identical_outputs(tokenizer, tmp_path):
     assert torch.equal(model.answer_log_probs(batch, answers), again.answer_log_probs(batch, answers))
     # folded for driving: same predictions, and such a model refuses to be saved
     merged = VLA.load(tmp_path / "ckpt").merge_for_inference()
+    ready = load_for_inference(tmp_path / "ckpt")  # what the driving agent and the probes use
+    assert ready.merged and not ready.training
     c = merged.generate(batch)
     assert c["answers"] == a["answers"]
     torch.testing.assert_close(c["path"], a["path"], atol=1e-5, rtol=1e-5)
@@ -151,6 +153,8 @@ def test_wrong_architecture_and_bad_checkpoints_are_clear_errors(tokenizer, tmp_
     write_config(tmp_path / "planner", "planner", {"n_modes": 4})
     with pytest.raises(CheckpointError, match=r"'planner' checkpoint, not a 'vla'"):
         VLA.load(tmp_path / "planner")
+    with pytest.raises(CheckpointError, match=r"'planner' checkpoint, not a 'vla'"):
+        load_for_inference(tmp_path / "planner", expect="vla")  # the probes' check
     with pytest.raises(CheckpointError, match="does not exist"):
         load_policy(tmp_path / "missing")
     (tmp_path / "junk").mkdir()
