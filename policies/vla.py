@@ -385,7 +385,7 @@ class VLA(nn.Module):
         if target_points is not None:
             m = ids == self.ids[TARGET_POINT_TOKEN]
             tp = self.target_point_mlp(target_points.to(emb.dtype).reshape(-1, 2))
-            emb = emb.masked_scatter(m[..., None], tp)
+            emb = emb.masked_scatter(m[..., None], tp.to(emb.dtype))
         for tok, sl in ((PATH_QUERY, slice(0, self.config.path_points)),
                         (SPEED_QUERY, slice(self.config.path_points, None))):  # fmt: skip
             m = ids == self.ids[tok]

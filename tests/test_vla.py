@@ -259,6 +259,18 @@ def test_loss_weights_scale_the_terms(tokenizer):
         model.training_loss(batch, {"waypoints": 2.0})
 
 
+def test_training_loss_runs_under_bf16_autocast(tokenizer):
+    """Mixed precision (what a GPU learner uses): the embeddings of the image tokens, target points and
+    queries come from layers autocast runs in bf16 and are written into the fp32 token embeddings."""
+    torch.manual_seed(4)
+    model = VLA(small_config(), tokenizer)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.training_loss(make_batch())
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert model.target_point_mlp[0].weight.grad is not None
+
+
 def test_bev_head_is_an_auxiliary_loss_on_the_image_features(tokenizer):
     from policies.bev import BEV_SHAPE
 
