@@ -9,7 +9,8 @@ and the training curve as a figure.
 Run folder layout:
     config.yaml               the resolved configuration
     checkpoints/epoch_NNN/    policy checkpoints (`policies.checkpoint`), `latest` names the newest
-    train_state.pt            optimiser, schedule, epoch, step and RNG state of the newest checkpoint
+    train_state.pt            optimiser, schedule, epoch and step of the newest checkpoint (with
+                              `ema_decay`: also the trained weights and their average)
     metrics.jsonl             one line per logged step
     tensorboard/              TensorBoard event files
     training_curve.png        losses and learning rate over steps
@@ -21,6 +22,7 @@ import json
 import math
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from tqdm import tqdm
 
 from envs.buckets import TICK_DT
 from learner.data import BatchBuilder, FrameBank, bucket_weights, with_takeover_share
+from learner.weight_average import WeightAverage
 from policies.checkpoint import load_policy, resolve_checkpoint
 from policies.vla_config import LOSS_TERMS
 
@@ -80,6 +83,10 @@ class TrainConfig:
     # changes) and whose target is that future, so that the waypoints follow the commentary (learner.data
     # says why; benchmarks/language_grounding.py measures it)
     commentary_dream_share: float = 0.0
+    # > 0: keep an exponential moving average of the trainable weights with this decay (0.999: about the
+    # last 1,000 steps; learner.weight_average); the checkpoints hold the average (what drives and is
+    # evaluated), the train state the trained weights to resume from
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -132,6 +139,8 @@ class PretrainConfig:
         for name in ("commentary_dropout", "commentary_dream_share"):
             if getattr(tc, name) and policy.get("architecture") != "vla":
                 raise PretrainError(f"train.{name} applies to the VLA (the planner has no commentary)")
+        if not 0.0 <= tc.ema_decay < 1.0:
+            raise PretrainError(f"train.ema_decay must be in [0, 1) (0: off), got {tc.ema_decay}")
         if tc.takeover_frame_hz < 0:
             raise PretrainError(f"train.takeover_frame_hz must be >= 0, got {tc.takeover_frame_hz}")
         return PretrainConfig(policy=dict(policy), train=tc)
@@ -207,14 +216,18 @@ def latest_checkpoint(run: Path) -> Path | None:
 
 
 def _save_epoch(
-    run: Path, name: str, model: Any, opt: torch.optim.Optimizer, sched: Any, state: dict
-) -> Path:
+    run: Path, name: str, model: Any, opt: torch.optim.Optimizer, sched: Any, state: dict,
+    ema: WeightAverage | None = None,
+) -> Path:  # fmt: skip
     ckpt = run / "checkpoints" / name
-    model.save(ckpt, meta={"epoch": state["epoch"], "step": state["step"]})
+    with ema.applied() if ema is not None else nullcontext():
+        model.save(ckpt, meta={"epoch": state["epoch"], "step": state["step"]})
+    extra = {}
+    if ema is not None:  # the checkpoint holds the average; resuming needs the trained weights too
+        extra = {"ema": ema.state_dict(), "trained": [p.detach().clone() for p in ema.params]}
     tmp = run / (STATE_FILE + ".tmp")
-    torch.save(
-        {**state, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "checkpoint": name}, tmp
-    )
+    saved = {**state, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "checkpoint": name}
+    torch.save({**saved, **extra}, tmp)
     tmp.replace(run / STATE_FILE)
     pointer = run / "checkpoints" / "latest"
     pointer.with_suffix(".tmp").write_text(name)
@@ -321,11 +334,18 @@ def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, re
             budget_step(s, total, state["minutes"], tc.max_minutes), total, tc.warmup_steps, tc.min_lr_ratio
         ),
     )
+    ema = WeightAverage(model, tc.ema_decay) if tc.ema_decay else None
     if previous is not None:
         saved = torch.load(run / STATE_FILE, weights_only=False)
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         state = {k: saved[k] for k in state}
+        if "trained" in saved:  # a run with a weight average: its checkpoint holds the average
+            with torch.no_grad():
+                for p, t in zip(params, saved["trained"], strict=True):
+                    p.copy_(t)
+        if ema is not None and "ema" in saved:
+            ema.load_state_dict(saved["ema"])
         print(f"resuming from {previous.name} (epoch {state['epoch']}, step {state['step']})")
     history = int(getattr(model, "history_ticks", 0))
     builder = BatchBuilder(
@@ -372,6 +392,8 @@ def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, re
                     torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
                 opt.step()
                 sched.step()
+                if ema is not None:
+                    ema.update()
                 state["step"] += 1
                 state["minutes"] = (time.perf_counter() - t_start) / 60
                 if tc.max_minutes and state["minutes"] >= tc.max_minutes:
@@ -396,7 +418,7 @@ def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, re
                     break
             state["epoch"] = epoch + 1 if not halt else epoch
             name = f"epoch_{epoch + 1:03d}" if not halt else f"epoch_{epoch + 1:03d}_partial"
-            _save_epoch(run, name, model, opt, sched, state)
+            _save_epoch(run, name, model, opt, sched, state, ema)
             if halt:
                 minutes = state["minutes"]
                 print(f"stopped after {minutes:.1f} min ({halt}); --resume continues epoch {epoch + 1}")

@@ -26,7 +26,8 @@ from learner.data import (
     rate_stride,
     with_takeover_share,
 )
-from learner.pretrain import PretrainConfig, PretrainError, budget_step, lr_factor, pretrain
+from learner.pretrain import STATE_FILE, PretrainConfig, PretrainError, budget_step, lr_factor, pretrain
+from learner.weight_average import WeightAverage
 from policies.checkpoint import CheckpointError, load_policy
 from policies.language import (
     ROUTE_PHRASES,
@@ -367,6 +368,58 @@ def test_resume_continues_an_interrupted_epoch_at_the_next_batch(dataset, tmp_pa
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))  # the epoch's other 7 batches, not all 8 again
     assert (run / "checkpoints" / "latest").read_text() == "epoch_001"
+
+
+def test_weight_average_follows_the_trained_weights_with_its_decay():
+    trained, frozen = torch.nn.Linear(2, 1, bias=False), torch.nn.Linear(2, 1)
+    frozen.requires_grad_(False)
+    model = torch.nn.Sequential(trained, frozen)
+    with torch.no_grad():
+        trained.weight.zero_()
+    ema = WeightAverage(model, 0.9)
+    assert len(ema.shadow) == 1  # frozen weights do not change: nothing to average
+    expected = torch.zeros(1, 2)
+    for k in range(30):
+        with torch.no_grad():
+            trained.weight.fill_(k + 1.0)
+        d = min(0.9, (2.0 + k) / (11.0 + k))  # the first updates forget quickly
+        expected = d * expected + (1 - d) * (k + 1.0)
+        ema.update()
+    torch.testing.assert_close(ema.shadow[0], expected)
+    with ema.applied():
+        torch.testing.assert_close(trained.weight.detach(), expected)
+    assert torch.equal(trained.weight.detach(), torch.full((1, 2), 30.0))  # the trained weights are back
+    again = WeightAverage(model, 0.9)
+    again.load_state_dict(ema.state_dict())
+    assert again.updates == 30 and torch.equal(again.shadow[0], ema.shadow[0])
+    with pytest.raises(ValueError, match="decay must be in"):
+        WeightAverage(model, 1.0)
+
+
+def test_weight_average_checkpoints_hold_the_average_and_resume_is_exact(dataset, tmp_path):
+    """With `ema_decay` the checkpoints hold the average; a run stopped after an epoch and resumed ends
+    where an uninterrupted one does (the train state keeps the trained weights and the average)."""
+    train = {"epochs": 2, "samples_per_epoch": 32, "batch_size": 8, "lr": 3e-3, "dream_share": 0.0,
+             "ema_decay": 0.9}  # fmt: skip
+    whole = pretrain([dataset], PretrainConfig.from_dict({"policy": SMALL_VLA, "train": train}),
+                     tmp_path / "whole", progress=False)  # fmt: skip
+    saved = torch.load(whole / STATE_FILE, weights_only=False)
+    model = load_policy(whole)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p, s in zip(params, saved["ema"]["shadow"], strict=True):
+        assert torch.equal(p.detach(), s)
+    assert not all(torch.equal(p.detach(), t) for p, t in zip(params, saved["trained"], strict=True))
+    assert saved["ema"]["updates"] == 8
+    cfg = PretrainConfig.from_dict({"policy": SMALL_VLA, "train": dict(train, epochs=1)})
+    split = pretrain([dataset], cfg, tmp_path / "split", progress=False)
+    cfg.train.epochs = 2
+    pretrain([dataset], cfg, split, resume=True, progress=False)
+    resumed = torch.load(split / STATE_FILE, weights_only=False)
+    for a, b in zip(saved["trained"] + saved["ema"]["shadow"], resumed["trained"] + resumed["ema"]["shadow"],
+                    strict=True):  # fmt: skip
+        torch.testing.assert_close(a, b)
+    with pytest.raises(PretrainError, match="ema_decay must be in"):
+        PretrainConfig.from_dict({"train": {"ema_decay": 1.0}})
 
 
 def test_pretrain_trains_the_compact_planner_too(dataset, tmp_path):
