@@ -1,7 +1,7 @@
 """Policy benchmarks: tiny-VLA decision latency on one core, training throughput, and the sizes of the
 Qwen2-0.5B-class configuration. Prints JSON.
 
-    python benchmarks/policy.py [--checkpoint CKPT] [--data DATASET] [--skip-large]
+    python benchmarks/policy.py [--checkpoint CKPT] [--data DATASET] [--skip-latency] [--skip-large]
 
 - latency: `predict` (image encoder, greedy commentary with a KV cache, then the 30 waypoint queries)
   with LoRA folded in (`merge_for_inference`, as `takeover drive --agent checkpoint:` does), one thread,
@@ -9,7 +9,8 @@ Qwen2-0.5B-class configuration. Prints JSON.
   its real length; an untrained model is capped at `--max-tokens`. `without_commentary_median_ms`: the
   waypoints alone (`predict(..., commentary=False)`, the driving-only mode of `train.commentary_dropout`).
 - training: `training_loss` + backward + AdamW step of the tiny VLA on batches of 32 (threads: torch's
-  default, or `--train-threads`).
+  default, or `--train-threads`); `--train-autocast` runs the loss under bf16 autocast (mixed precision),
+  `--train-compile` through `torch.compile` (its compile time reported apart).
 - large: the `qwen2-0.5b` preset built from its config (random weights, nothing downloaded): parameter
   counts (vision encoder, LLM, heads), LoRA (r 32, all linear layers) parameters, weight memory in
   float32 / bfloat16 and the process's resident memory after building it.
@@ -99,11 +100,12 @@ def latency(checkpoint: str | None, data: str | None, n: int, max_tokens: int) -
     }
 
 
-def training(steps: int, threads: int) -> dict:
+def training(steps: int, threads: int, autocast: bool = False, compile_model: bool = False) -> dict:
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = VLA(tiny_config())
+    loss = torch.compile(model.training_loss) if compile_model else model.training_loss
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4)
     b = 32
     batch = {
@@ -117,18 +119,23 @@ def training(steps: int, threads: int) -> dict:
         "has_speed_waypoints": torch.ones(b, dtype=torch.bool),
     }
     times = []
-    for k in range(steps + 3):
+    for _ in range(steps + 3):
         t = time.perf_counter()
         opt.zero_grad()
-        model.training_loss(batch)["loss"].backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = loss(batch)
+        out["loss"].backward()
         opt.step()
-        if k >= 3:
-            times.append(time.perf_counter() - t)
+        times.append(time.perf_counter() - t)
+    run = times[3:]
     return {
+        "precision": "bf16 autocast" if autocast else "float32",
+        "compiled": compile_model,
+        "first_step_s": round(times[0], 1),
         "batch_size": b,
         "threads": torch.get_num_threads(),
-        "step_ms": round(float(np.median(times)) * 1e3, 1),
-        "samples_per_s": round(b / float(np.median(times)), 1),
+        "step_ms": round(float(np.median(run)) * 1e3, 1),
+        "samples_per_s": round(b / float(np.median(run)), 1),
         "parameters_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
     }
 
@@ -165,14 +172,20 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=16, help="answer cap for an untrained model")
     ap.add_argument("--train-steps", type=int, default=20)
     ap.add_argument("--train-threads", type=int, default=0)
+    ap.add_argument("--train-autocast", action="store_true", help="training step under bf16 autocast")
+    ap.add_argument("--train-compile", action="store_true", help="training loss through torch.compile")
+    ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--skip-large", action="store_true")
     args = ap.parse_args()
-    result = {
+    result: dict = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "torch": torch.__version__},
-        "latency": latency(args.checkpoint, args.data, args.observations, args.max_tokens),
-        "training": training(args.train_steps, args.train_threads),
-    }
+    }  # fmt: skip
+    if not args.skip_latency:
+        result["latency"] = latency(args.checkpoint, args.data, args.observations, args.max_tokens)
+    result["training"] = training(
+        args.train_steps, args.train_threads, autocast=args.train_autocast, compile_model=args.train_compile
+    )
     if not args.skip_large:
         result["large"] = large()
     print(json.dumps(result, indent=2))
