@@ -9,7 +9,8 @@ and a CARLA backend share it, so both are scored by the same code. What it check
 - Collisions: oriented-box overlap of the ego with every agent. Pedestrians -> collisions_pedestrian;
   vehicles, bicycles, emergency and parked vehicles -> collisions_vehicle (CARLA's bicycles and parked
   cars are vehicles); `AgentKind.STATIC` and `AgentKind.CONE` props -> collisions_layout. The same agent
-  counts again only after the two have been apart for at least `collision_debounce_s` (1 s).
+  counts again only after the two have been apart for at least `collision_debounce_s` (1 s). A
+  collision record also has `contact`: the side of the ego the other was on, and both speeds.
 - Red light: the ego's front-centre point crossing, in the lane's direction, the stop line of a
   signalised link (`scene.lights`) whose state is RED at that tick. When the links of the crossed lane
   disagree (e.g. a protected turn), the via lane is taken from the route, else from the via lane the
@@ -123,6 +124,32 @@ _TRAFFIC_KINDS = (int(AgentKind.VEHICLE), int(AgentKind.BICYCLE), int(AgentKind.
 _LINE_MARGIN = 0.25  # m, stop lines are extended by this much on each side for crossing tests
 
 
+def contact_geometry(ego_box: np.ndarray, ego_speed: float, other_box: np.ndarray, other_velocity: np.ndarray
+                     ) -> dict[str, Any]:
+    """Who hit whom, which Bench2Drive's records do not tell: the other's centre in the ego frame
+    (`forward`, `left`, metres), the side of the ego it lies on (`front` / `rear` where it is more
+    ahead / behind than beside, else `left` / `right`), both speeds (m/s) and the other's speed along
+    the ego's heading (`other_speed_along`, m/s). A standing ego struck from the rear is
+    side == "rear", ego_speed ~ 0."""
+    x, y, yaw, hl, hw = (float(v) for v in ego_box[:5])
+    c, s = math.cos(yaw), math.sin(yaw)
+    dx, dy = float(other_box[0]) - x, float(other_box[1]) - y
+    fwd, left = c * dx + s * dy, -s * dx + c * dy
+    if abs(fwd) / hl >= abs(left) / hw:
+        side = "front" if fwd >= 0 else "rear"
+    else:
+        side = "left" if left >= 0 else "right"
+    vx, vy = float(other_velocity[0]), float(other_velocity[1])
+    return {
+        "side": side,
+        "forward": round(fwd, 2),
+        "left": round(left, 2),
+        "ego_speed": round(float(ego_speed), 2),
+        "other_speed": round(math.hypot(vx, vy), 2),
+        "other_speed_along": round(c * vx + s * vy, 2),
+    }
+
+
 def infraction_type(value: InfractionType | str) -> InfractionType:
     """Accept an InfractionType, its value ("scenario_timeout") or its record key ("scenario_timeouts")."""
     if isinstance(value, InfractionType):
@@ -147,6 +174,8 @@ class Infraction:
     other_id: str | None = None
     other_kind: str | None = None  # AgentKind name in lower case, or e.g. "traffic_light"
     message: str = ""
+    # Collisions only: where the other was and how both moved at the first contact (see `contact_geometry`).
+    contact: dict[str, Any] | None = None
 
     @property
     def key(self) -> str:
@@ -157,7 +186,8 @@ class Infraction:
         return PENALTY.get(self.type, 1.0)
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-able form (type, key, tick, time, location, carla_location, other_id/kind, message)."""
+        """JSON-able form (type, key, tick, time, location, carla_location, other_id/kind, message, and
+        `contact` for collisions)."""
         return {
             "type": self.type.value,
             "key": self.key,
@@ -169,6 +199,7 @@ class Infraction:
             "other_id": self.other_id,
             "other_kind": self.other_kind,
             "message": self.message,
+            **({"contact": self.contact} if self.contact is not None else {}),
         }
 
     to_dict = as_dict
@@ -478,10 +509,10 @@ class InfractionTracker:
 
     def _add(
         self, t: InfractionType, x: float, y: float, *, other_id: str | None = None,
-        other_kind: str | None = None, message: str = "",
+        other_kind: str | None = None, message: str = "", contact: dict[str, Any] | None = None,
     ) -> Infraction:
         world, carla = self._location(x, y)
-        inf = Infraction(t, self._tick, self._time, world, carla, other_id, other_kind, message)
+        inf = Infraction(t, self._tick, self._time, world, carla, other_id, other_kind, message, contact)
         self.infractions.append(inf)
         return inf
 
@@ -532,7 +563,8 @@ class InfractionTracker:
             out.append(self._add(
                 t, float(ego.x), float(ego.y), other_id=aid, other_kind=name,
                 message=f"Agent collided against object with type={name} and id={aid} "
-                        f"at {self._at(float(ego.x), float(ego.y))}"))
+                        f"at {self._at(float(ego.x), float(ego.y))}",
+                contact=contact_geometry(ego.box(), ego.speed, agents.box[i], agents.velocity[i])))
         return out
 
     def _lane_dir(self, lane: int) -> np.ndarray | None:
@@ -859,7 +891,9 @@ def summarize(records: list[dict], total_routes: int | None = None) -> dict[str,
     missing routes count 0. route_completion and infraction_penalty are means over the given records;
     infractions_per_km divides counts by the km driven (route length x completion, summed). When records
     carry scenario types, Bench2Drive's ability scores are added (`ability_scores`: "abilities",
-    "ability_counts", "scenario_success", "scenario_counts").
+    "ability_counts", "scenario_success", "scenario_counts"). `collision_contacts` counts the collisions
+    by the side of the ego the other was on (records written before contacts were kept count nowhere)
+    and those where a standing ego was struck from behind or the side.
     """
     n = len(records) if total_routes is None else int(total_routes)
     if n < len(records):
@@ -869,7 +903,15 @@ def summarize(records: list[dict], total_routes: int | None = None) -> dict[str,
     composed = completion = penalty = km = 0.0
     successes = 0
     effs, comforts = [], []
+    contacts = {side: 0 for side in ("front", "rear", "left", "right")}
+    contacts["struck_standing"] = 0
     for rec in records:
+        for detail in rec.get("infraction_details") or ():
+            contact = detail.get("contact")
+            if contact and contact.get("side") in contacts:
+                contacts[contact["side"]] += 1
+                standing = contact.get("ego_speed", 1.0) < 0.5
+                contacts["struck_standing"] += standing and contact["side"] != "front"
         scores = rec.get("scores", {})
         composed += float(scores.get("score_composed", 0.0))
         completion += float(scores.get("score_route", 0.0))
@@ -897,6 +939,8 @@ def summarize(records: list[dict], total_routes: int | None = None) -> dict[str,
         "infraction_penalty": penalty / m if records else 0.0,
         "km_driven": km,
         "infraction_counts": counts,
+        # Collisions by the side of the ego the other was on; struck_standing: not ahead, ego < 0.5 m/s.
+        "collision_contacts": contacts,
         "infractions_per_km": {k: v / km_div for k, v in counts.items()},
         "status_counts": status_counts,
         "efficiency": float(np.mean(effs)) if effs else None,

@@ -4,6 +4,12 @@ The ego's motion is the project's own (`envs.dynamics`); every tick the backend 
 SUMO with `moveToXY` so that SUMO's drivers react to it. Agents near the ego are read through one
 context subscription per tick (no per-vehicle calls), which keeps the per-tick overhead small.
 
+SUMO (without its sublane model) puts a vehicle on exactly one lane, so an ego straddling two lanes
+is invisible to the drivers of the other one: they would drive through it, which CARLA's traffic
+manager does not do. Each tick the backend therefore places a hidden "shadow" vehicle, moving with
+the ego, on every other lane the ego's footprint reaches into (`ShadowConfig`); SUMO's drivers
+brake for it as for any vehicle ahead.
+
 libsumo runs one simulation per process: a second `SumoBackend.start` in the same process takes
 the simulation over and the first backend raises `SimulatorError` if it is used again. Ray actors
 give each worker its own process, hence its own SUMO.
@@ -68,6 +74,12 @@ class TrafficConfig:
     respawn_every: int = 20  # ticks between traffic top-ups
 
 
+SHADOW_PREFIX = "ego_shadow"
+# A footprint corner this close to a lane's centre line puts the ego into that lane: a car driving
+# centred there (half width 0.9 m) would touch it, with 0.3 m to spare.
+SHADOW_REACH = 1.2
+
+
 _ACTIVE: list[SumoBackend | None] = [None]
 
 
@@ -83,6 +95,7 @@ class SumoBackend:
         self.kind_override: dict[str, int] = {}  # SUMO ids driven by scenarios with a Scene kind
         self.color_override: dict[str, tuple[int, int, int]] = {}
         self.hidden: set[str] = set()  # SUMO vehicles kept out of the Scene (lane blockers under props)
+        self.shadows: dict[int, str] = {}  # lane -> hidden vehicle standing in for the ego there
         self._edge_lanes = self._drivable_edges()
         self._walk_edges = sorted({lanes.edge_of_lane[i] for i in np.flatnonzero(lanes.is_sidewalk)})
         self._tls_ids = sorted(set(lanes.tl_ids))
@@ -97,6 +110,7 @@ class SumoBackend:
         self._spawn_edges: list[str] = []
         self._spawn_walk: list[str] = []
         self._counter = 0
+        self._shadow_counter = 0
         self.tick = 0
 
     # ------------------------------------------------------------------------------- lifecycle
@@ -142,6 +156,8 @@ class SumoBackend:
         self.kind_override.clear()
         self.color_override.clear()
         self.hidden.clear()
+        self.shadows.clear()
+        self._shadow_counter = 0
         self._counter = 0
         self.tick = 0
         self._tl_last_strings = ()
@@ -181,6 +197,7 @@ class SumoBackend:
             except ls.TraCIException:
                 ls.vehicle.moveToXY(EGO_ID, "", -1, fx, fy, sumo_angle_from_yaw(ego.yaw), keepRoute=2)
             ls.vehicle.setSpeed(EGO_ID, max(ego.speed, 0.0))
+            self._place_shadows(ego)
             ls.simulationStep()
             self.tick += 1
             if self.tick % self.traffic.respawn_every == 0:
@@ -190,6 +207,56 @@ class SumoBackend:
         except Exception as exc:
             self._running = False
             raise SimulatorError(f"SUMO failed at tick {self.tick}: {exc}") from exc
+
+    def lanes_reached(self, ego: EgoState, sumo_lane: str) -> dict[int, tuple[float, float]]:
+        """Normal drivable lanes other than `sumo_lane` (the ego's lane in SUMO) that the ego's footprint
+        reaches into: lane -> (arc length of the footprint's front along it, its heading there)."""
+        lanes = self.lanes
+        c, s = math.cos(ego.yaw), math.sin(ego.yaw)
+        reached: dict[int, tuple[float, float]] = {}
+        for fwd, left in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
+            px = ego.x + fwd * ego.half_length * c - left * ego.half_width * s
+            py = ego.y + fwd * ego.half_length * s + left * ego.half_width * c
+            for lane, _dist, pos, lyaw in lanes.nearest_lanes(px, py, radius=SHADOW_REACH):
+                if lanes.is_internal[lane] or lanes.lane_ids[lane] == sumo_lane:
+                    continue
+                if lane not in reached or pos > reached[lane][0]:
+                    reached[lane] = (pos, lyaw)
+        return reached
+
+    def _place_shadows(self, ego: EgoState) -> None:
+        """Keep one hidden shadow vehicle, at the ego's front and speed along the lane, on every other
+        lane the ego reaches into; remove the shadows of lanes it has left."""
+        ls = self.ls
+        reached = self.lanes_reached(ego, ls.vehicle.getLaneID(EGO_ID))
+        for lane in [ln for ln in self.shadows if ln not in reached]:
+            vid = self.shadows.pop(lane)
+            with contextlib.suppress(ls.TraCIException):
+                ls.vehicle.remove(vid)
+            self.hidden.discard(vid)
+        for lane, (pos, lyaw) in reached.items():
+            lane_id = self.lanes.lane_ids[lane]
+            pos = float(np.clip(pos, 0.1, self.lanes.length[lane] - 0.1))
+            speed = max(ego.speed * math.cos(ego.yaw - lyaw), 0.0)
+            vid = self.shadows.get(lane)
+            if vid is not None:
+                try:
+                    ls.vehicle.moveTo(vid, lane_id, pos)
+                    ls.vehicle.setSpeed(vid, speed)
+                    continue
+                except ls.TraCIException:  # it ran off its one-edge route last tick: SUMO removed it
+                    self.hidden.discard(vid)
+            self._shadow_counter += 1
+            vid = f"{SHADOW_PREFIX}{self._shadow_counter}"
+            ls.route.add(f"route_{vid}", [self.lanes.edge_of_lane[lane]])
+            ls.vehicle.add(vid, f"route_{vid}", typeID="ego_type", departSpeed="0",
+                           departLane=str(int(self.lanes.lane_index[lane])), departPos=str(pos))
+            ls.vehicle.setSpeedMode(vid, 0)
+            ls.vehicle.setLaneChangeMode(vid, 0)
+            ls.vehicle.moveTo(vid, lane_id, pos)  # inserts it now, whatever the gap to the traffic there
+            ls.vehicle.setSpeed(vid, speed)
+            self.shadows[lane] = vid
+            self.hidden.add(vid)
 
     # ---------------------------------------------------------------------------------- reading
     def read_agents(self) -> Agents:

@@ -27,6 +27,9 @@
    the cause of the largest slow-down) and speaks it as SimLingo-style commentary
    (`policies.language.commentary`, canonical phrasing).
 
+`see_agents=false` (`--agent-arg see_agents=false`) drops the agents from step 3: a lane follower blind
+to traffic that still keeps to lights, stop signs and the route's speed profile, the bottom reference.
+
 IDM parameters (gap from the front bumper; a = 3 m/s^2, b = 3.5 m/s^2, delta = 4): agents s0 3 m,
 T 0.5 s; lights s0 1.5 m, T 0.1 s; stop signs s0 1 m, T 0.1 s; route end s0 1 m, T 0 s.
 """
@@ -134,7 +137,9 @@ class LaneFollowAgent:
         light_horizon: float = 30.0,
         default_lane_width: float = 3.5,
         stop_sign_wait: float = 0.5,
+        see_agents: bool = True,
     ) -> None:
+        self.see_agents = bool(see_agents)
         self.speed_factor = speed_factor
         self.max_speed = max_speed
         self.junction_speed = junction_speed
@@ -286,7 +291,7 @@ class LaneFollowAgent:
             ids.append(ident)
 
         agents = scene.agents
-        if len(agents):
+        if len(agents) and self.see_agents:
             box = agents.box
             dx, dy = box[:, 0] - x, box[:, 1] - y
             reach = horizon + 6.0

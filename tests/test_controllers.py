@@ -223,6 +223,16 @@ def test_lane_follow_stops_behind_stopped_vehicle():
     assert any(o.info["cause"] == "vehicle" and o.info["cause_id"] == "a0" for _, o in log)
 
 
+def test_lane_follow_blind_to_agents_drives_into_the_stopped_vehicle():
+    """`see_agents=False`, the bottom reference: the same stopped lead is not braked for."""
+    route = straight_route(300.0)
+    lead = (90.0, 0.0, 0.0, 2.4, 1.0)
+    log = simulate(LaneFollowAgent(see_agents=False), route, seconds=20.0, agents=_agents([lead]))
+    passed = [e for e, _ in log if e.x - e.half_length > lead[0] + lead[3]]
+    assert passed and min(e.speed for e in passed) > 8.0  # drove through it at cruise speed
+    assert all(o.info["cause"] != "vehicle" for _, o in log)
+
+
 def test_lane_follow_follows_moving_vehicle_and_ignores_sidewalk():
     route = straight_route(400.0)
 

@@ -6,6 +6,8 @@ fixture, and a test only steps the environment it reset last.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import warnings
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from helpers import (
 import envs  # noqa: F401  (registers the gymnasium ids)
 from envs.driving_env import DrivingEnv
 from envs.maps.build import MapError
+from envs.route_graph import Piece, build_route, route_graph
 from envs.routes import RouteFileError, ScenarioSpec, parse_routes
 from envs.scenarios.base import ScenarioError
 from envs.scene import AgentKind, Route
@@ -420,3 +423,49 @@ def test_parked_obstacle_on_route(make_env, tmp_path):
     assert 0.9 < lateral < 1.6  # towards the kerb, as Bench2Drive places it
     assert s == pytest.approx(sc.trigger_s + 40.0, abs=5.0)
     assert s > ego_s(env) + 20.0
+
+
+# ------------------------------------------------------------------------------ ego straddling lanes
+def _straddle_run(make_env, offset: float) -> tuple[DrivingEnv, str, list[dict], float]:
+    """A standing ego `offset` m from its lane centre towards the neighbour lane, where a car comes
+    from 55 m behind at 12 m/s. Returns the env, the car, the infractions and the ego's route s."""
+    env = make_env(map="highway", traffic={"vehicles": 0, "pedestrians": 0})
+    own = int(straight_route(env.lanes, 200.0).lane[0])
+    route = build_route(route_graph(env.lanes), [Piece(own, 60.0, 200.0)], "straight")
+    env.reset(seed=0, options={"route": route})
+    lanes = env.lanes
+    other = int(lanes.left[own]) if lanes.left[own] >= 0 else int(lanes.right[own])
+    assert other >= 0, "the highway's straight lane has no neighbour"
+    x, y, yaw = lanes.position_on_lane(own, 60.0)
+    ox, oy, _ = lanes.position_on_lane(other, 60.0)
+    toward = np.array([ox - x, oy - y]) / math.hypot(ox - x, oy - y)
+    x, y = x + offset * toward[0], y + offset * toward[1]
+    env.scene.ego = dataclasses.replace(env.scene.ego, x=x, y=y, yaw=yaw, speed=0.0)
+    env.backend.add_vehicle("car", [lanes.edge_of_lane[other]], int(lanes.lane_index[other]), 5.0, 12.0)
+    env.backend.ls.vehicle.setLaneChangeMode("car", 0)  # it would overtake the shadow on a third lane
+    infractions: list[dict] = []
+    for _ in range(300):
+        _, _, terminated, truncated, info = env.step(np.array([0.0, 1.0, 0.0], np.float32))
+        infractions += info["infractions"]
+        assert not (terminated or truncated), info
+    return env, lanes.lane_ids[other], infractions, 60.0
+
+
+def test_background_car_stops_behind_a_straddling_ego(make_env):
+    """SUMO maps the ego onto one lane; the hidden shadow on the other lane it reaches into makes the
+    drivers there brake for it (without it the car drives through the ego)."""
+    env, other, infractions, ego_pos = _straddle_run(make_env, offset=1.8)
+    ls = env.backend.ls
+    assert not [i for i in infractions if i["type"].startswith("collision")]
+    assert ls.vehicle.getSpeed("car") < 0.1
+    assert ls.vehicle.getLanePosition("car") < ego_pos - env.scene.ego.half_length  # behind the ego's rear
+    assert [ls.vehicle.getLaneID(v) for v in env.backend.shadows.values()] == [other]
+    assert not [v for v in env.scene.agents.ids if v.startswith("ego_shadow")]  # not in the Scene
+
+
+def test_no_shadow_for_an_ego_inside_its_lane(make_env):
+    env, _other, infractions, ego_pos = _straddle_run(make_env, offset=0.3)
+    ls = env.backend.ls
+    assert env.backend.shadows == {}
+    assert ls.vehicle.getLanePosition("car") > ego_pos + 20.0  # drove past at speed
+    assert not [i for i in infractions if i["type"].startswith("collision")]

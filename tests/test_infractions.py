@@ -18,6 +18,7 @@ from envs.infractions import (
     InfractionTracker,
     InfractionType,
     comfort_fraction,
+    contact_geometry,
     efficiency,
     is_success,
     summarize,
@@ -229,6 +230,32 @@ def test_vehicle_like_collisions(kind: AgentKind) -> None:
     other = agents([("v1", kind, (30.0, 1.0, 0.2, 2.3, 1.0), 3.0)])
     d.drive(20.0, 30.0, 5.0, others=other)
     assert types(tr.infractions) == ["collision_vehicle"]
+
+
+def test_collision_contact_tells_who_hit_whom() -> None:
+    """A standing ego struck from behind and a moving ego driving into a car ahead: the records' contact
+    says on which side the other was and how fast each moved."""
+    route = make_route()
+    tr = InfractionTracker(route)
+    d = Driver(tr, route)
+    d.drive(20.0, 30.0, 5.0)
+    rear = agents([("rear", AgentKind.VEHICLE, (26.0, 0.4, 0.0, 2.3, 1.0), 6.0)])  # ego rear at 27.55
+    d.at(30.0, speed=0.0, others=rear)
+    ahead = agents([("ahead", AgentKind.VEHICLE, (34.0, -0.2, 0.0, 2.3, 1.0), 1.0)])  # its rear at 31.7
+    d.at(30.0, speed=4.0, others=ahead)
+    first, second = (inf.as_dict() for inf in tr.infractions)
+    hit, bump = first["contact"], second["contact"]
+    assert first["other_id"] == "rear" and hit["side"] == "rear"
+    assert hit["ego_speed"] == 0.0 and hit["other_speed_along"] == pytest.approx(6.0)
+    assert hit["forward"] == pytest.approx(-4.0) and hit["left"] == pytest.approx(0.4)
+    assert second["other_id"] == "ahead" and bump["side"] == "front"
+    assert bump["ego_speed"] == 4.0 and bump["other_speed"] == pytest.approx(1.0)
+    counts = summarize([tr.record()])["collision_contacts"]
+    assert counts == {"front": 1, "rear": 1, "left": 0, "right": 0, "struck_standing": 1}
+    ego_north = np.array([0.0, 0.0, math.pi / 2, 2.45, 1.06])
+    side = contact_geometry(ego_north, 3.0, np.array([-1.8, 0.5, 0.0, 2.0, 1.0]), np.zeros(2))
+    assert side["side"] == "left" and side["forward"] == pytest.approx(0.5)
+    assert side["left"] == pytest.approx(1.8)
 
 
 def test_score_arithmetic_completion_80_one_vehicle_collision() -> None:
