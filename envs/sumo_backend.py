@@ -7,7 +7,7 @@ context subscription per tick (no per-vehicle calls), which keeps the per-tick o
 SUMO (without its sublane model) puts a vehicle on exactly one lane, so an ego straddling two lanes
 is invisible to the drivers of the other one: they would drive through it, which CARLA's traffic
 manager does not do. Each tick the backend therefore places a hidden "shadow" vehicle, moving with
-the ego, on every other lane the ego's footprint reaches into (`ShadowConfig`); SUMO's drivers
+the ego, on every other lane the ego's footprint reaches into (`SHADOW_REACH`); SUMO's drivers
 brake for it as for any vehicle ahead.
 
 libsumo runs one simulation per process: a second `SumoBackend.start` in the same process takes

@@ -428,7 +428,8 @@ def test_parked_obstacle_on_route(make_env, tmp_path):
 # ------------------------------------------------------------------------------ ego straddling lanes
 def _straddle_run(make_env, offset: float) -> tuple[DrivingEnv, str, list[dict], float]:
     """A standing ego `offset` m from its lane centre towards the neighbour lane, where a car comes
-    from 55 m behind at 12 m/s. Returns the env, the car, the infractions and the ego's route s."""
+    from 55 m behind at 12 m/s. Returns the env, the neighbour lane's id, the infractions and the
+    ego's position along its lane."""
     env = make_env(map="highway", traffic={"vehicles": 0, "pedestrians": 0})
     own = int(straight_route(env.lanes, 200.0).lane[0])
     route = build_route(route_graph(env.lanes), [Piece(own, 60.0, 200.0)], "straight")
@@ -469,3 +470,32 @@ def test_no_shadow_for_an_ego_inside_its_lane(make_env):
     assert env.backend.shadows == {}
     assert ls.vehicle.getLanePosition("car") > ego_pos + 20.0  # drove past at speed
     assert not [i for i in infractions if i["type"].startswith("collision")]
+
+
+def test_oncoming_car_stops_for_an_ego_across_the_centre_line(make_env):
+    """The two-way case (overtaking an obstacle through the opposite lane): the shadow stands on the
+    oncoming lane, whose drivers stop in front of the ego instead of driving through it."""
+    env = make_env(map="rural", traffic={"vehicles": 0, "pedestrians": 0})
+    lanes = env.lanes
+    own = lanes.lane("main_a_0")
+    route = build_route(route_graph(lanes), [Piece(own, 100.0, 250.0)], "two_way")
+    env.reset(seed=0, options={"route": route})
+    x, y, yaw = lanes.position_on_lane(own, 100.0)
+    ((opp, dist, opp_s, _),) = [r for r in lanes.nearest_lanes(x, y, radius=6.0) if r[0] != own]
+    assert lanes.edge_of_lane[opp] == "-main_a"
+    ox, oy, _ = lanes.position_on_lane(opp, opp_s)
+    shift = 0.5 * dist  # on the centre line: half the ego in the oncoming lane
+    env.scene.ego = dataclasses.replace(env.scene.ego, x=x + shift * (ox - x) / dist,
+                                        y=y + shift * (oy - y) / dist, yaw=yaw, speed=0.0)
+    env.backend.add_vehicle("oncoming", ["-main_a"], 0, opp_s - 70.0, 12.0)
+    env.backend.ls.vehicle.setLaneChangeMode("oncoming", 0)
+    infractions: list[dict] = []
+    for _ in range(300):
+        _, _, terminated, truncated, info = env.step(np.array([0.0, 1.0, 0.0], np.float32))
+        infractions += info["infractions"]
+        assert not (terminated or truncated), info
+    ls = env.backend.ls
+    assert not [i for i in infractions if i["type"].startswith("collision")]
+    assert ls.vehicle.getSpeed("oncoming") < 0.1
+    assert ls.vehicle.getLanePosition("oncoming") < opp_s - env.scene.ego.half_length
+    assert [ls.vehicle.getLaneID(v) for v in env.backend.shadows.values()] == [lanes.lane_ids[opp]]
