@@ -139,7 +139,9 @@ class LaneFollowAgent:
         stop_sign_wait: float = 0.5,
         see_agents: bool = True,
     ) -> None:
-        self.see_agents = bool(see_agents)
+        if not isinstance(see_agents, bool):
+            raise ValueError(f"lane_follow: see_agents must be true or false, got {see_agents!r}")
+        self.see_agents = see_agents
         self.speed_factor = speed_factor
         self.max_speed = max_speed
         self.junction_speed = junction_speed

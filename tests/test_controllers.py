@@ -231,6 +231,8 @@ def test_lane_follow_blind_to_agents_drives_into_the_stopped_vehicle():
     passed = [e for e, _ in log if e.x - e.half_length > lead[0] + lead[3]]
     assert passed and min(e.speed for e in passed) > 8.0  # drove through it at cruise speed
     assert all(o.info["cause"] != "vehicle" for _, o in log)
+    with pytest.raises(ValueError, match="see_agents must be true or false"):
+        LaneFollowAgent(see_agents="no")
 
 
 def test_lane_follow_follows_moving_vehicle_and_ignores_sidewalk():
