@@ -35,7 +35,7 @@ from tqdm import tqdm
 from envs.buckets import TICK_DT
 from learner.data import BatchBuilder, FrameBank, bucket_weights, with_takeover_share
 from learner.weight_average import WeightAverage
-from policies.checkpoint import load_policy, resolve_checkpoint
+from policies.checkpoint import load_policy, read_config, resolve_checkpoint
 from policies.vla_config import LOSS_TERMS
 
 STATE_FILE = "train_state.pt"
@@ -107,6 +107,8 @@ class PretrainConfig:
                 f"unknown keys under 'train': {', '.join(bad)}; known: {', '.join(sorted(names))}"
             )
         policy = d.get("policy") or {"architecture": "vla", "preset": "tiny"}
+        if "checkpoint" in policy:
+            policy = _checkpoint_policy(policy)
         if policy.get("architecture") not in ("vla", "planner"):
             raise PretrainError(
                 f"policy.architecture must be 'vla' or 'planner', got {policy.get('architecture')!r}"
@@ -163,10 +165,45 @@ class PretrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"policy": self.policy, "train": asdict(self.train)}
 
+    def starting_from(self, checkpoint: str | Path, check_architecture: bool = True) -> PretrainConfig:
+        """This configuration with its policy section replaced by `checkpoint: PATH` (`takeover pretrain
+        --init`); with `check_architecture`, this policy section's architecture must be the checkpoint's."""
+        policy: dict[str, Any] = {"checkpoint": str(checkpoint)}
+        if check_architecture:
+            policy["architecture"] = self.policy["architecture"]
+        return PretrainConfig.from_dict({"policy": policy, "train": asdict(self.train)})
+
+
+def _checkpoint_policy(policy: dict[str, Any]) -> dict[str, Any]:
+    """A `policy` section that starts from a checkpoint's weights (`checkpoint: PATH`, the CLI's --init):
+    the architecture and model config are the checkpoint's, so the section may name the architecture
+    (checked) and nothing else. The path is resolved to the checkpoint folder, which the run's
+    config.yaml then records."""
+    extra = sorted(set(policy) - {"checkpoint", "architecture"})
+    if extra:
+        raise PretrainError(
+            f"policy.checkpoint starts from that checkpoint's architecture and config; leave out "
+            f"policy.{', policy.'.join(extra)}"
+        )
+    folder = resolve_checkpoint(policy["checkpoint"])
+    arch = read_config(folder)["architecture"]
+    if policy.get("architecture", arch) != arch:
+        raise PretrainError(
+            f"policy.checkpoint {folder} holds a {arch!r} policy, but policy.architecture is "
+            f"{policy['architecture']!r}"
+        )
+    return {"architecture": arch, "checkpoint": str(folder)}
+
 
 def build_policy(spec: dict[str, Any], bank: FrameBank) -> torch.nn.Module:
-    """A fresh policy from the config's `policy` section (tokenizer / anchors fitted to the data)."""
+    """The policy to train: a fresh one from the config's `policy` section (tokenizer / anchors fitted
+    to the data), or, with `policy.checkpoint`, that checkpoint's (a fine-tune: a DAgger round on
+    aggregated data, or a longer schedule; the optimiser and schedule start afresh)."""
     arch = spec["architecture"]
+    if "checkpoint" in spec:
+        model = load_policy(spec["checkpoint"])
+        _check_vocabulary(model, bank, spec["checkpoint"])
+        return model
     if arch == "vla":
         from policies.tokenizer import load_tokenizer, train_label_tokenizer
         from policies.vla import VLA
@@ -190,6 +227,23 @@ def build_policy(spec: dict[str, Any], bank: FrameBank) -> torch.nn.Module:
     if len(trajs):
         model.set_anchors(torch.from_numpy(trajs))
     return model
+
+
+def _check_vocabulary(model: Any, bank: FrameBank, where: str) -> None:
+    """A checkpoint's own tokenizer must cover the data's commentary: a tokenizer trained on the label
+    vocabulary maps a word it never saw to <unk>, which would train the policy to say <unk>."""
+    tok = getattr(model, "tokenizer", None)
+    unk = getattr(tok, "unk_token_id", None)
+    if tok is None or unk is None:
+        return
+    texts = sorted({t for t in bank.languages() if t})
+    ids = tok(texts, add_special_tokens=False)["input_ids"] if texts else []
+    for text, seq in zip(texts, ids, strict=True):
+        if unk in seq:
+            raise PretrainError(
+                f"the commentary {text!r} in the data has words that the tokenizer of {where} does not "
+                f"know; train a fresh policy on this data instead"
+            )
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:

@@ -107,6 +107,10 @@ def pretrain(
     ),
     out: Path = typer.Option(Path("runs/pretrain"), "--out", help="Run folder (checkpoints, logs, figure)."),
     resume: bool = typer.Option(False, "--resume", help="Continue --out's run from its newest checkpoint."),
+    init: Path | None = typer.Option(
+        None, "--init", help="Start from this checkpoint's weights (a checkpoint or run folder; its "
+        "architecture and config replace the config's policy section), a fresh optimiser and schedule.",
+    ),
     epochs: int | None = typer.Option(None, "--epochs", help="Override train.epochs."),
     max_minutes: float | None = typer.Option(None, "--max-minutes", help="Override train.max_minutes."),
 ) -> None:
@@ -123,6 +127,8 @@ def pretrain(
 
     try:
         cfg = PretrainConfig.load(config)
+        if init is not None:  # the config file's architecture, if one was given, must be the checkpoint's
+            cfg = cfg.starting_from(init, check_architecture=config is not None)
         if epochs is not None:
             cfg.train.epochs = epochs
         if max_minutes is not None:

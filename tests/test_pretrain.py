@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from envs.dataset import DatasetWriter, open_dataset
@@ -588,3 +589,58 @@ def test_pretrain_trains_a_vla_with_camera_history(dataset, tmp_path):
     })  # fmt: skip
     run = pretrain([dataset], cfg, tmp_path / "run", progress=False)
     assert load_policy(run / "checkpoints" / "epoch_001").history_ticks == 8
+
+
+def test_pretrain_starts_from_a_checkpoint_with_a_fresh_schedule(dataset, tmp_path):
+    """`policy.checkpoint` / `--init`: the checkpoint's weights and architecture, a new step count and
+    schedule; with a zero learning rate the new run's checkpoint is the one it started from."""
+    train = {"epochs": 1, "samples_per_epoch": 32, "batch_size": 8, "warmup_steps": 1, "lr": 3e-3}
+    first = pretrain([dataset], PretrainConfig.from_dict({"policy": SMALL_VLA, "train": train}),
+                     tmp_path / "a", progress=False)  # fmt: skip
+    start = load_policy(first)
+    cfg = PretrainConfig.from_dict({"policy": {"checkpoint": str(first)}, "train": {**train, "lr": 0.0}})
+    assert cfg.policy == {"architecture": "vla", "checkpoint": str(first / "checkpoints" / "epoch_001")}
+    still = pretrain([dataset], cfg, tmp_path / "b", progress=False)
+    rows = [json.loads(x) for x in (still / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 4 and rows[0]["lr"] == 0.0  # its own steps and schedule
+    kept = dict(load_policy(still).named_parameters())  # (batch-norm statistics move in train mode)
+    assert all(torch.equal(v, kept[k]) for k, v in start.named_parameters())
+    # with a learning rate it trains on from there: the same architecture, other weights
+    cli = CliRunner().invoke(app, ["pretrain", "--data", str(dataset), "--init", str(first), "--epochs", "1",
+                                   "--out", str(tmp_path / "c")])  # fmt: skip
+    assert cli.exit_code == 0, cli.output
+    tuned = load_policy(tmp_path / "c")
+    assert tuned.config == start.config and not torch.equal(tuned.queries, start.queries)
+    assert yaml.safe_load((tmp_path / "c" / "config.yaml").read_text())["policy"]["checkpoint"] == str(
+        first / "checkpoints" / "epoch_001"
+    )
+
+
+def test_starting_from_a_checkpoint_refuses_conflicts(dataset, tmp_path):
+    train = {"epochs": 1, "samples_per_epoch": 16, "batch_size": 8, "warmup_steps": 1}
+    planner = {"architecture": "planner",
+               "config": {"image_size": [32, 64], "channels": [8, 16], "n_modes": 4}}  # fmt: skip
+    run = pretrain([dataset], PretrainConfig.from_dict({"policy": planner, "train": train}), tmp_path / "p",
+                   progress=False)  # fmt: skip
+    with pytest.raises(PretrainError, match=r"holds a 'planner' policy, but policy.architecture is 'vla'"):
+        PretrainConfig.from_dict({"policy": {"checkpoint": str(run), "architecture": "vla"}})
+    with pytest.raises(PretrainError, match=r"leave out policy.preset"):
+        PretrainConfig.from_dict({"policy": {"checkpoint": str(run), "preset": "tiny"}})
+    with pytest.raises(CheckpointError, match="does not exist"):
+        PretrainConfig.from_dict({"policy": {"checkpoint": str(tmp_path / "nowhere")}})
+    vla_config = tmp_path / "vla.yaml"
+    vla_config.write_text(yaml.safe_dump({"policy": SMALL_VLA, "train": train}))
+    res = CliRunner().invoke(app, ["pretrain", "--data", str(dataset), "--init", str(run), "--config",
+                                   str(vla_config), "--out", str(tmp_path / "o")])  # fmt: skip
+    assert res.exit_code == 2 and "holds a 'planner' policy" in res.output
+    # a VLA checkpoint whose tokenizer lacks a word of the data's commentary
+    from policies.tokenizer import train_label_tokenizer
+    from policies.vla import VLA
+    from policies.vla_config import VLAConfig
+
+    narrow = train_label_tokenizer(n_states=0)  # the prompt and instruction words only
+    assert narrow.unk_token_id in narrow("Follow the route. Turn left.")["input_ids"]
+    VLA(VLAConfig.from_dict(SMALL_VLA["config"]), tokenizer=narrow).save(tmp_path / "narrow")
+    cfg = PretrainConfig.from_dict({"policy": {"checkpoint": str(tmp_path / "narrow")}, "train": train})
+    with pytest.raises(PretrainError, match="does not know"):
+        pretrain([dataset], cfg, tmp_path / "n", progress=False)
