@@ -356,7 +356,13 @@ def pretrain(data: list[str | Path], config: PretrainConfig, out: str | Path, re
     if not resume and latest_checkpoint(run) is not None:
         raise PretrainError(f"{run} already holds a training run; pass --resume or another --out")
     run.mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    written = config.to_dict()
+    if previous is not None and (run / "config.yaml").is_file():
+        # a resumed run's policy is its own checkpoint's: keep the recorded section (it may name the
+        # checkpoint the run started from, which a --resume without --init would otherwise overwrite)
+        recorded = yaml.safe_load((run / "config.yaml").read_text()) or {}
+        written["policy"] = recorded.get("policy", written["policy"])
+    (run / "config.yaml").write_text(yaml.safe_dump(written, sort_keys=False))
 
     bank = FrameBank.load(
         data, progress=progress, stride=tc.frame_stride, hz=tc.frame_hz, takeover_hz=tc.takeover_frame_hz,

@@ -611,9 +611,13 @@ def test_pretrain_starts_from_a_checkpoint_with_a_fresh_schedule(dataset, tmp_pa
     assert cli.exit_code == 0, cli.output
     tuned = load_policy(tmp_path / "c")
     assert tuned.config == start.config and not torch.equal(tuned.queries, start.queries)
-    assert yaml.safe_load((tmp_path / "c" / "config.yaml").read_text())["policy"]["checkpoint"] == str(
-        first / "checkpoints" / "epoch_001"
-    )
+    recorded = str(first / "checkpoints" / "epoch_001")
+    assert yaml.safe_load((tmp_path / "c" / "config.yaml").read_text())["policy"]["checkpoint"] == recorded
+    # resumed without --init, the run still records the checkpoint it started from
+    cli = CliRunner().invoke(app, ["pretrain", "--data", str(dataset), "--resume", "--epochs", "2",
+                                   "--out", str(tmp_path / "c")])  # fmt: skip
+    assert cli.exit_code == 0, cli.output
+    assert yaml.safe_load((tmp_path / "c" / "config.yaml").read_text())["policy"]["checkpoint"] == recorded
 
 
 def test_starting_from_a_checkpoint_refuses_conflicts(dataset, tmp_path):
